@@ -14,15 +14,32 @@ Example:
 
 from .errors import (
     ConfigError as ConfigError,
+)
+from .errors import (
     LayerlockError as LayerlockError,
+)
+from .errors import (
     MissingDependencyError as MissingDependencyError,
+)
+from .errors import (
     PartitionError as PartitionError,
+)
+from .errors import (
     ScheduleError as ScheduleError,
+)
+from .errors import (
     UnknownGroupError as UnknownGroupError,
+)
+from .errors import (
     UnknownModelError as UnknownModelError,
 )
-from .groups import LayerGroup as LayerGroup, LayerGroups as LayerGroups, layer_groups as layer_groups
-from .lock import LockReport as LockReport, frozen_bn_modules as frozen_bn_modules, lock as lock, unlock as unlock
+from .groups import LayerGroup as LayerGroup
+from .groups import LayerGroups as LayerGroups
+from .groups import layer_groups as layer_groups
+from .lock import LockReport as LockReport
+from .lock import frozen_bn_modules as frozen_bn_modules
+from .lock import lock as lock
+from .lock import unlock as unlock
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,7 @@ __all__ = ["GroupSelector", "LayerGroup", "LayerGroups", "layer_groups", "unwrap
 #: What ``LayerGroups.select`` and ``lock(groups=...)`` accept: an index (negative counts
 #: from the top), a name, a glob pattern, a slice, a string spec ``"0,3:5,blocks.*"``, or a
 #: sequence of those.
-GroupSelector = Union[int, str, slice, Sequence[Union[int, str, slice]]]
+GroupSelector = Union[int, str, slice, Sequence[int | str | slice]]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

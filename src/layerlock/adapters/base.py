@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Adapter", "GroupSpec", "MODEL_LEVEL"]
+__all__ = ["MODEL_LEVEL", "Adapter", "GroupSpec"]
 
 #: Tower name of groups that belong to a multi-tower model as a whole (CLIP's logit_scale).
 MODEL_LEVEL = "model"
