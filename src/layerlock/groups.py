@@ -13,7 +13,7 @@ import fnmatch
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union, overload
+from typing import Any, overload
 
 from torch import nn
 
@@ -26,7 +26,7 @@ __all__ = ["GroupSelector", "LayerGroup", "LayerGroups", "layer_groups", "unwrap
 #: What ``LayerGroups.select`` and ``lock(groups=...)`` accept: an index (negative counts
 #: from the top), a name, a glob pattern, a slice, a string spec ``"0,3:5,blocks.*"``, or a
 #: sequence of those.
-GroupSelector = Union[int, str, slice, Sequence[int | str | slice]]
+GroupSelector = int | str | slice | Sequence[int | str | slice]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
