@@ -48,7 +48,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def _unknown(family: str, name: str, known: list[str]) -> UnknownModelError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close = [k for k in known if k.startswith(name)][:3]
+    close = close or difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = ("; did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
     return UnknownModelError(f"unknown {family} model {name!r}{hint}")
 
