@@ -211,10 +211,10 @@ class LayerGroups(Sequence[LayerGroup]):
         """
         pool = list(range(len(self))) if within is None else list(within)
         items: list[Any]
-        if isinstance(spec, (str, int, slice)):
-            items = [spec]
-        else:
+        if isinstance(spec, (list, tuple)):
             items = list(spec)
+        else:
+            items = [spec]
         chosen: set[int] = set()
         for item in items:
             if isinstance(item, str) and "," in item and item not in self._by_name:
@@ -419,17 +419,19 @@ def _module_groups(model: nn.Module, owner: dict[int, int]) -> dict[str, int]:
     """Map each module name to the group holding all parameters below it, where unique.
 
     Parameter-less modules (activations, non-affine norms) take their parent's group, or
-    failing that the group of the next parameter in module order.
+    failing that the group of the closest parameter-owning module registered before them
+    (an activation follows its conv / norm), else after them.
     """
     result: dict[str, int] = {}
     pending: list[str] = []
-    order: list[tuple[str, nn.Module]] = list(model.named_modules(remove_duplicate=False))
-    for name, module in order:
+    order = [n for n, _ in model.named_modules(remove_duplicate=False)]
+    for name, module in model.named_modules(remove_duplicate=False):
         found = {owner[id(p)] for p in module.parameters() if id(p) in owner}
         if len(found) == 1:
             result[name] = found.pop()
         elif not found:
             pending.append(name)
+    position = {n: i for i, n in enumerate(order)}
     for name in pending:
         parent = name
         while "." in parent:
@@ -438,10 +440,10 @@ def _module_groups(model: nn.Module, owner: dict[int, int]) -> dict[str, int]:
                 result[name] = result[parent]
                 break
         else:
-            # Next parameter-owning module in registration order decides.
-            idx = next(i for i, (n, _) in enumerate(order) if n == name)
-            for later, _ in order[idx + 1 :]:
-                if later in result and not later.startswith(name + "."):
-                    result[name] = result[later]
-                    break
+            idx = position[name]
+            before = [n for n in reversed(order[:idx]) if n in result and n]
+            after = [n for n in order[idx + 1 :] if n in result and not n.startswith(name + ".")]
+            near = before or after
+            if near:
+                result[name] = result[near[0]]
     return result
