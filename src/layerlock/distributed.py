@@ -1,0 +1,139 @@
+"""Distributed training: keep replicas identical when the trainable set changes.
+
+DistributedDataParallel
+    DDP registers its gradient hooks only for the parameters that require grad when the
+    wrapper is built. A parameter unlocked later is then trained on its local gradient
+    only, and replicas drift apart without any error; a parameter locked later makes DDP
+    fail ("Expected to have finished reduction") unless ``find_unused_parameters=True``;
+    ``static_graph=True`` forbids any change. :class:`~layerlock.unfreezer.Unfreezer`
+    therefore rebuilds the wrapper (:func:`wrap_ddp`) after every change of the
+    trainable set and removes the old wrapper's hooks. Training code must call the model
+    through ``unfreezer.model`` at every step (never keep the wrapper in a variable
+    across steps): after a rebuild the old wrapper no longer averages gradients.
+    Building a DDP wrapper broadcasts rank 0's parameters and buffers, so every rank
+    must reach each change at the same step (the schedule is a function of the global
+    step, so it does when every rank runs the same number of steps).
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``)
+    FSDP2 shards parameters into DTensors when ``fully_shard`` is called and groups them
+    into flat all-gather/reduce-scatter buckets per sharded module. Changing
+    ``requires_grad`` afterwards inside one ``fully_shard`` unit is not supported by
+    PyTorch in every version (mixed requires_grad within a unit). What to do: call
+    ``fully_shard`` per layer group (each block its own unit, which is what the groups
+    are), lock before sharding, and keep the optimizer holding every parameter (what
+    Unfreezer does); a group whose state changes then changes as a whole unit. Rebuilding
+    is not needed for FSDP2 (no reducer captures the trainable set), but this path is
+    not tested here: there is no multi-GPU machine in the test suite.
+
+torch.compile
+    Dynamo guards on ``requires_grad`` and recompiles when it changes; PyTorch issue
+    #139476 reports a stale compiled graph reused after such a change. What to do:
+    compile the model *inside* the DDP wrapper and call ``torch._dynamo.reset()`` (or
+    compile again) after each unlock event - register a listener with
+    ``unfreezer.add_listener(lambda event: torch._dynamo.reset())``. The test suite
+    checks on CPU that a compiled model trains newly unlocked parameters after an event.
+
+Example:
+    >>> import torch
+    >>> wrap_ddp(torch.nn.Linear(2, 2)) .__class__.__name__  # no process group: unchanged
+    'Linear'
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["all_equal_across_ranks", "free_port", "is_distributed", "unwrap_ddp", "wrap_ddp"]
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one rank is initialised.
+
+    Example:
+        >>> is_distributed()
+        False
+    """
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself).
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Linear(2, 2)
+        >>> unwrap_ddp(m) is m
+        True
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
+
+
+def wrap_ddp(module: nn.Module, old: nn.Module | None = None, **ddp_kwargs: Any) -> nn.Module:
+    """Wrap ``module`` in a fresh DistributedDataParallel for its current trainable set.
+
+    The hooks of ``old`` (a previous wrapper of the same module) are removed first. With
+    no trainable parameter, or without a multi-rank process group, ``module`` itself is
+    returned (DDP refuses modules without trainable parameters).
+
+    Args:
+        module: The unwrapped model.
+        old: The wrapper built before, if any.
+        **ddp_kwargs: Passed to ``DistributedDataParallel`` (``device_ids``,
+            ``broadcast_buffers``, ``find_unused_parameters`` ...).
+
+    Returns:
+        The new wrapper, or ``module``.
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Linear(2, 2)
+        >>> wrap_ddp(m, find_unused_parameters=True) is m  # single process
+        True
+    """
+    if isinstance(old, nn.parallel.DistributedDataParallel) and hasattr(
+        old, "_remove_autograd_hooks"
+    ):
+        old._remove_autograd_hooks()
+    if not is_distributed() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    return nn.parallel.DistributedDataParallel(module, **ddp_kwargs)
+
+
+def free_port() -> int:
+    """A TCP port that is free on this host right now (for ``MASTER_PORT``).
+
+    Example:
+        >>> 0 < free_port() < 65536
+        True
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def all_equal_across_ranks(tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor is bitwise equal on all ranks (gathered to compare).
+
+    Example:
+        >>> import torch
+        >>> all_equal_across_ranks([torch.ones(2)])  # single process
+        True
+    """
+    if not is_distributed():
+        return True
+    ok = torch.tensor(1)
+    for t in tensors:
+        flat = t.detach().reshape(-1).clone()
+        gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, flat)
+        if not all(torch.equal(g, gathered[0]) for g in gathered):
+            ok = torch.tensor(0)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
