@@ -32,8 +32,9 @@ layerlock reuses it, except for ``TimmModel``: see below):
   last), ``proj`` = its ``text_projection``.
 
 A parameter that none of these names (a newer OpenCLIP's extra module) is still placed:
-before the first block it joins the tower's first group, otherwise its top group; the
-adapter's ``notes`` list it. At model level, ``logit_scale`` and ``logit_bias`` form the
+in a submodule registered before the first block it joins the tower's first group;
+otherwise (later submodules, and parameters registered directly on the tower) the tower's
+top group. The adapter's ``notes`` list each one. At model level, ``logit_scale`` and ``logit_bias`` form the
 group ``logit_scale`` (``tower="model"``: trainable under ``tower="both"`` iff k >= 1); any
 other root parameter joins that group too, with a note.
 
@@ -328,16 +329,26 @@ class OpenCLIPAdapter(Adapter):
     def _place_leftovers(
         self, groups: list[tuple[str, list[int]]], sweep: nn.Module, tower: str | None
     ) -> None:
-        """Parameters before the first block join the first group, later ones the top group."""
-        order = [id(p) for p in sweep.parameters() if id(p) in self._name]
+        """Place parameters no group names: by the position of the submodule that owns them.
+
+        A submodule registered before the one holding the first block's first parameter
+        joins the first group; anything later, and parameters registered directly on the
+        tower (whose place in the forward pass registration cannot tell), join the top group.
+        """
+        position: dict[int, float] = {}
+        for pos, (mname, module) in enumerate(sweep.named_modules()):
+            for p in module.parameters(recurse=False):
+                position.setdefault(id(p), float(pos) if mname else float("inf"))
         first_block = next((ids[0] for _, ids in groups[1:] if ids), None)
-        boundary = order.index(first_block) if first_block in order else len(order)
+        boundary = position.get(first_block, float("inf")) if first_block is not None else 0.0
         extra: list[str] = []
-        for pos, pid in enumerate(order):
-            if pid in self._taken:
+        for p in sweep.parameters():
+            pid = id(p)
+            if pid in self._taken or pid not in self._name:
                 continue
             self._taken.add(pid)
-            target = groups[0] if pos < boundary or len(groups) == 1 else groups[-1]
+            early = position.get(pid, float("inf")) < boundary and len(groups) > 1
+            target = groups[0] if early else groups[-1]
             target[1].append(pid)
             extra.append(f"{self._name[pid]} -> {(tower + '.') if tower else ''}{target[0]}")
         if extra:
