@@ -29,7 +29,10 @@ class ConvBNNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
         self.blocks = nn.Sequential(
-            *[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for _ in range(3)]
+            *[
+                nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+                for _ in range(3)
+            ]
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(8, num_classes)
@@ -48,7 +51,8 @@ class TinyViT(nn.Module):
         self.pos_embed = nn.Parameter(pos, requires_grad=False)  # created frozen
         self.patch_embed = nn.Conv2d(3, dim, 4, stride=4)
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True) for _ in range(depth)
+            nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True)
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

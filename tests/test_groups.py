@@ -40,7 +40,12 @@ def test_generic_adapter_on_tiny_vit(tiny_vit: nn.Module) -> None:
     groups = layerlock.layer_groups(tiny_vit)
     assert groups.names == ["stem", "blocks.0", "blocks.1", "head"]
     assert set(groups["stem"].param_names) >= {"cls_token", "pos_embed", "patch_embed.weight"}
-    assert set(groups["head"].param_names) == {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+    assert set(groups["head"].param_names) == {
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     _assert_partition(tiny_vit, groups)
 
 
@@ -132,11 +137,20 @@ def test_model_without_parameters_is_an_error() -> None:
     [
         ([GroupSpec("a", ("0.weight",))], r"puts no group on 3 parameter"),
         (
-            [GroupSpec("a", ("0.weight", "0.bias", "1.weight")), GroupSpec("b", ("1.weight", "1.bias"))],
+            [
+                GroupSpec("a", ("0.weight", "0.bias", "1.weight")),
+                GroupSpec("b", ("1.weight", "1.bias")),
+            ],
             r"parameter '1.weight' is in groups 'a' and 'b'",
         ),
-        ([GroupSpec("a", ("0.weight", "0.bias", "1.weight", "1.bias", "x"))], r"unknown parameter 'x'"),
-        ([GroupSpec("a", ()), GroupSpec("b", ("0.weight", "0.bias", "1.weight", "1.bias"))], r"group 'a' is empty"),
+        (
+            [GroupSpec("a", ("0.weight", "0.bias", "1.weight", "1.bias", "x"))],
+            r"unknown parameter 'x'",
+        ),
+        (
+            [GroupSpec("a", ()), GroupSpec("b", ("0.weight", "0.bias", "1.weight", "1.bias"))],
+            r"group 'a' is empty",
+        ),
         (
             [GroupSpec("a", ("0.weight", "0.bias")), GroupSpec("a", ("1.weight", "1.bias"))],
             r"group name 'a' used twice",
@@ -149,7 +163,9 @@ def test_partition_check_catches_adapter_bugs(specs: list[GroupSpec], message: s
         check_partition(specs, dict(model.named_parameters()))
 
 
-def test_buggy_adapter_is_caught_by_layer_groups(monkeypatch: pytest.MonkeyPatch, cnn: nn.Module) -> None:
+def test_buggy_adapter_is_caught_by_layer_groups(
+    monkeypatch: pytest.MonkeyPatch, cnn: nn.Module
+) -> None:
     original = GenericAdapter.groups
 
     def drop_head(self: GenericAdapter, model: nn.Module, coarse: bool = False) -> list[GroupSpec]:
@@ -161,7 +177,10 @@ def test_buggy_adapter_is_caught_by_layer_groups(monkeypatch: pytest.MonkeyPatch
 
 
 def test_user_matcher_in_timm_format(tiny_vit: nn.Module) -> None:
-    matcher = {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+    matcher = {
+        "stem": r"^cls_token|^pos_embed|^patch_embed",
+        "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+    }
     groups = layerlock.layer_groups(tiny_vit, matcher=matcher)
     assert groups.adapter == "matcher"
     assert groups.names == ["stem", "blocks.0", "blocks.1", "head"]
@@ -171,7 +190,9 @@ def test_user_matcher_in_timm_format(tiny_vit: nn.Module) -> None:
 
 
 def test_unknown_adapter_name(cnn: nn.Module) -> None:
-    with pytest.raises(layerlock.LayerlockError, match="unknown adapter 'timmm'; did you mean 'timm'"):
+    with pytest.raises(
+        layerlock.LayerlockError, match="unknown adapter 'timmm'; did you mean 'timm'"
+    ):
         layerlock.layer_groups(cnn, adapter="timmm")
 
 

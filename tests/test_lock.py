@@ -7,10 +7,10 @@ import copy
 import pytest
 import timm
 import torch
-from conftest import trainable_names
 from torch import nn
 
 import layerlock
+from conftest import trainable_names
 from layerlock.lock import frozen_bn_modules, group_trainable
 
 
@@ -51,7 +51,9 @@ def test_negative_k_is_an_error(cnn: nn.Module) -> None:
 def test_surgical_selection(cnn: nn.Module) -> None:
     report = layerlock.lock(cnn, groups="blocks.0")
     assert report.trainable_groups == ["blocks.0"]
-    assert trainable_names(cnn) == {n for n, _ in cnn.named_parameters() if n.startswith("blocks.0.")}
+    assert trainable_names(cnn) == {
+        n for n, _ in cnn.named_parameters() if n.startswith("blocks.0.")
+    }
     assert layerlock.lock(cnn, groups=[0, -1]).trainable_groups == ["stem", "head"]
     with pytest.raises(layerlock.UnknownGroupError, match="did you mean 'blocks.1'"):
         layerlock.lock(cnn, groups="block.1")
@@ -167,7 +169,9 @@ def test_batchnorm_act_keeps_its_activation() -> None:
 
 
 def test_sync_batchnorm_is_frozen_too() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    )
     layerlock.lock(model, 1, freeze_bn_stats=True)
     before = model[1].running_mean.clone()
     model.train()

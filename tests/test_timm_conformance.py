@@ -7,7 +7,6 @@ import timm
 from timm.models._manipulate import group_parameters
 
 import layerlock
-
 from conftest import trainable_names
 
 # (name, kwargs): small variants or reduced configs so the suite stays fast.
@@ -31,14 +30,20 @@ ARCHS: list[tuple[str, dict]] = [
     ("test_coatnet", {}),
     ("test_mambaout", {}),
     ("vit_tiny_patch16_224", {"depth": 3}),
-    ("vit_small_patch16_224", {"depth": 2, "embed_dim": 48, "num_heads": 2, "reg_tokens": 4, "global_pool": "map"}),
+    (
+        "vit_small_patch16_224",
+        {"depth": 2, "embed_dim": 48, "num_heads": 2, "reg_tokens": 4, "global_pool": "map"},
+    ),
     ("deit_tiny_patch16_224", {"depth": 2}),
     ("deit_tiny_distilled_patch16_224", {"depth": 2}),
     ("eva02_tiny_patch14_224", {"depth": 2}),
     ("beit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2}),
     ("cait_xxs24_224", {"depth": 2}),
     ("xcit_nano_12_p16_224", {"depth": 2}),
-    ("swin_tiny_patch4_window7_224", {"embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 1, 1, 1)}),
+    (
+        "swin_tiny_patch4_window7_224",
+        {"embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 1, 1, 1)},
+    ),
     ("convnext_atto", {}),
     ("resnet18", {}),
     ("resnet10t", {}),
@@ -89,7 +94,9 @@ def test_trainable_set_matches_timm_numbering(name: str, kwargs: dict, coarse: b
         report = layerlock.lock(model, k, partition=groups)
         expected = {n for n, gid in timm_ids.items() if gid >= num - k}
         assert trainable_names(model) == expected, f"k={k}"
-        assert report.trainable_params == sum(p.numel() for n, p in model.named_parameters() if n in expected)
+        assert report.trainable_params == sum(
+            p.numel() for n, p in model.named_parameters() if n in expected
+        )
 
 
 @pytest.mark.parametrize("name", ["poolformer_s12", "pit_ti_224", "convformer_s18"])

@@ -83,6 +83,4 @@ def require(module: str, extra: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(
-            f"{what} need {module}: pip install 'layerlock[{extra}]'"
-        )
+        raise MissingDependencyError(f"{what} need {module}: pip install 'layerlock[{extra}]'")

@@ -138,10 +138,7 @@ class LayerGroups(Sequence[LayerGroup]):
         return iter(self._groups)
 
     def __repr__(self) -> str:
-        return (
-            f"LayerGroups({len(self)} groups via {self.adapter!r}: "
-            f"{abbreviate(self.names)})"
-        )
+        return f"LayerGroups({len(self)} groups via {self.adapter!r}: {abbreviate(self.names)})"
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -218,7 +215,9 @@ class LayerGroups(Sequence[LayerGroup]):
         chosen: set[int] = set()
         for item in items:
             if isinstance(item, str) and "," in item and item not in self._by_name:
-                chosen.update(self.select([p.strip() for p in item.split(",") if p.strip()], within=pool))
+                chosen.update(
+                    self.select([p.strip() for p in item.split(",") if p.strip()], within=pool)
+                )
                 continue
             chosen.update(self._select_one(item, pool))
         if not chosen:
@@ -408,9 +407,7 @@ def check_partition(
                 seen[p] = spec.name
     missing = [n for n in named if n not in seen]
     if missing:
-        problems.append(
-            f"puts no group on {len(missing)} parameter(s): {abbreviate(missing)}"
-        )
+        problems.append(f"puts no group on {len(missing)} parameter(s): {abbreviate(missing)}")
     if problems:
         raise PartitionError(f"{adapter} " + "; ".join(problems))
 

@@ -184,7 +184,11 @@ def _towers_for(groups: LayerGroups, tower: str | None) -> list[str | None]:
         valid = [t for t in towers if t is not None]
         raise ConfigError(
             f"unknown tower {tower!r}{suggest(str(tower), valid)} "
-            + (f"Towers of this model: {', '.join(valid)}, both" if valid else "This model has a single tower; leave tower unset")
+            + (
+                f"Towers of this model: {', '.join(valid)}, both"
+                if valid
+                else "This model has a single tower; leave tower unset"
+            )
         )
     return [tower]
 
@@ -281,7 +285,9 @@ def lock(
     return _apply(base, parts, state, train_norm=train_norm, train_bias=train_bias)
 
 
-def unlock(model: nn.Module, *, coarse: bool = False, partition: LayerGroups | None = None) -> LockReport:
+def unlock(
+    model: nn.Module, *, coarse: bool = False, partition: LayerGroups | None = None
+) -> LockReport:
     """Make every group trainable again and restore normal BatchNorm behaviour.
 
     Parameters the model created frozen stay frozen.
@@ -316,7 +322,7 @@ def _apply(
         on = state.trainable.get(g.name, True)
         count = 0
         for name, p in zip(g.param_names, g.params):
-            want = (on or (train_norm and id(p) in norm_params) or (train_bias and is_bias(name)))
+            want = on or (train_norm and id(p) in norm_params) or (train_bias and is_bias(name))
             want = want and name not in state.created_frozen
             p.requires_grad_(want)
             if not want:
@@ -340,4 +346,3 @@ def group_trainable(model: nn.Module) -> dict[str, bool]:
     """Which groups the last :func:`lock` call left trainable (empty before any call)."""
     state = unwrap(model).__dict__.get(_STATE_ATTR)
     return dict(state.trainable) if state else {}
-

@@ -116,7 +116,9 @@ def _timm(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: di
         raise
 
 
-def _open_clip(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict) -> nn.Module:
+def _open_clip(
+    spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict
+) -> nn.Module:
     require("open_clip", "open_clip", "open_clip models")
     import open_clip
 
@@ -173,7 +175,9 @@ def _hf(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict
     return auto.from_config(config)
 
 
-def _torchvision(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict) -> nn.Module:
+def _torchvision(
+    spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict
+) -> nn.Module:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
@@ -192,7 +196,9 @@ def _torchvision(spec: str, name: str, pretrained: Any, num_classes: int | None,
 def _module(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict) -> nn.Module:
     path, sep, factory = name.rpartition(":")
     if not sep or not path or not factory:
-        raise ConfigError(f"model spec {spec!r}: use module:PATH:FACTORY, e.g. module:my_models:build")
+        raise ConfigError(
+            f"model spec {spec!r}: use module:PATH:FACTORY, e.g. module:my_models:build"
+        )
     if path.endswith(".py"):
         file = Path(path)
         if not file.is_file():

@@ -48,9 +48,11 @@ def _spine(model: nn.Module, prefix: str, container: nn.Module) -> list[tuple[st
         lists = []
         for name, module in model.named_modules():
             other = name.split(".")
-            if len(other) == len(parts) and all(
-                a == b or (a.isdigit() and b.isdigit()) for a, b in zip(parts, other)
-            ) and isinstance(module, (nn.ModuleList, nn.Sequential)):
+            if (
+                len(other) == len(parts)
+                and all(a == b or (a.isdigit() and b.isdigit()) for a, b in zip(parts, other))
+                and isinstance(module, (nn.ModuleList, nn.Sequential))
+            ):
                 lists.append((name, module))
     blocks: list[tuple[str, nn.Module]] = []
     for lname, lmod in lists:

@@ -66,7 +66,9 @@ def _validate(matcher: Matcher) -> None:
             try:
                 re.compile(regex)
             except (re.error, TypeError) as exc:
-                raise ConfigError(f"group matcher key {key!r}: bad regex {regex!r} ({exc})") from exc
+                raise ConfigError(
+                    f"group matcher key {key!r}: bad regex {regex!r} ({exc})"
+                ) from exc
 
 
 def _common_prefix(names: Sequence[str]) -> str:

@@ -30,9 +30,7 @@ class TimmAdapter(Adapter):
         fn = getattr(model, "group_matcher", None)
         if not callable(fn):
             fallback = GenericAdapter()
-            self.notes = [
-                f"{type(model).__name__} has no group_matcher; using the generic adapter"
-            ]
+            self.notes = [f"{type(model).__name__} has no group_matcher; using the generic adapter"]
             return fallback.groups(model, coarse)
         self.notes = []
         return matcher_groups(model, fn(coarse=coarse))

@@ -35,17 +35,42 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="timm:NAME | open_clip:NAME | hf:NAME | torchvision:NAME | module:PATH:FACTORY")
+    p.add_argument(
+        "model",
+        help="timm:NAME | open_clip:NAME | hf:NAME | torchvision:NAME | module:PATH:FACTORY",
+    )
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--unlocked-groups", "-k", type=int, default=None, metavar="K",
-                     help="mark the groups the last K unlock (per tower)")
-    sel.add_argument("--groups", default=None, metavar="SPEC",
-                     help="mark an arbitrary selection: indices, names, globs, slices ('0,blocks.1*,-1')")
-    p.add_argument("--tower", choices=["visual", "text", "both"], default="both",
-                   help="for CLIP-style models: which tower to show / address (default: both)")
-    p.add_argument("--coarse", action="store_true", help="the family's coarse grouping (timm: stages)")
-    p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
-                   help="load published weights (needs network; OpenCLIP takes a tag)")
+    sel.add_argument(
+        "--unlocked-groups",
+        "-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="mark the groups the last K unlock (per tower)",
+    )
+    sel.add_argument(
+        "--groups",
+        default=None,
+        metavar="SPEC",
+        help="mark an arbitrary selection: indices, names, globs, slices ('0,blocks.1*,-1')",
+    )
+    p.add_argument(
+        "--tower",
+        choices=["visual", "text", "both"],
+        default="both",
+        help="for CLIP-style models: which tower to show / address (default: both)",
+    )
+    p.add_argument(
+        "--coarse", action="store_true", help="the family's coarse grouping (timm: stages)"
+    )
+    p.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="TAG",
+        help="load published weights (needs network; OpenCLIP takes a tag)",
+    )
     p.add_argument("--num-classes", type=int, default=None, help="classifier size, where supported")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
@@ -152,7 +177,7 @@ def render(table: dict[str, Any]) -> None:
         f"{table['adapter']} adapter{' (coarse)' if table['coarse'] else ''}, "
         f"{table['total_params']:,} parameters"
     )
-    t = Table(title=title, title_justify="left")
+    t = Table()
     t.add_column("#", justify="right")
     t.add_column("group")
     if any(r["tower"] for r in rows):
@@ -173,6 +198,7 @@ def render(table: dict[str, Any]) -> None:
         cells += [str(r["batchnorm"] or ""), str(r["unlocked_by_k"])]
         t.add_row(*cells)
     console = Console()
+    console.print(title, highlight=False)
     console.print(t)
     if marked:
         share = 100 * table["trainable_params"] / max(table["total_params"], 1)
