@@ -251,7 +251,7 @@ class FinetuneConfig:
             Traceback (most recent call last):
             ...
             layerlock.errors.ConfigError: 2 problems in the configuration:
-              precision: 'fp16' is not one of auto, fp32, bf16; did you mean 'fp32'?
+              precision: 'fp16' is not one of auto, fp32, bf16; did you mean 'bf16'?
               epochs: must be >= 1, got 0
         """
         problems = self.problems()
