@@ -99,6 +99,11 @@ def _ids(members: Iterable[Any]) -> list[int]:
     return [id(p) for p in _member_params(members)]
 
 
+def _child(module: nn.Module, name: str) -> nn.Module | None:
+    found = getattr(module, name, None)
+    return found if isinstance(found, nn.Module) else None
+
+
 def _blocks(module: nn.Module | None) -> list[nn.Module]:
     blocks = getattr(module, "resblocks", None) if module is not None else None
     return list(blocks) if blocks is not None else []
@@ -176,7 +181,7 @@ def _hf_layers(encoder: nn.Module, attr: str | None) -> list[nn.Module]:
 
 
 def _hf_groups(h: nn.Module) -> list[RawGroup]:
-    tr = h.transformer
+    tr: Any = h.transformer
     arch = getattr(sys.modules.get("open_clip.hf_configs"), "arch_dict", {})
     model_type = getattr(getattr(h, "config", None), "model_type", None)
     names = arch.get(model_type, {}).get("config_names", {})
@@ -190,7 +195,7 @@ def _hf_groups(h: nn.Module) -> list[RawGroup]:
 
 
 def _timm_groups(t: nn.Module, coarse: bool) -> list[RawGroup]:
-    trunk = t.trunk
+    trunk: Any = t.trunk
     params = dict(trunk.named_parameters())
     fn = getattr(trunk, "group_matcher", None)
     if callable(fn):
@@ -254,16 +259,18 @@ class OpenCLIPAdapter(Adapter):
         if kind not in _WHOLE:
             return self._tower(model, kind, None, coarse)
         specs: list[GroupSpec] = []
-        specs += self._tower(model.visual, _kind(model.visual), "visual", coarse)
+        visual = _child(model, "visual")
+        if visual is not None:
+            specs += self._tower(visual, _kind(visual), "visual", coarse)
+        text = _child(model, "text")
         if kind == "clip":
             # CLIP unpacks its text tower onto the root: no tower module to sweep for extras.
             specs += self._finish(_text_groups(model), "text", sweep=None)
-        else:
-            specs += self._tower(model.text, _kind(model.text), "text", coarse)
-        if kind == "coca" and isinstance(getattr(model, "text_decoder", None), nn.Module):
-            specs += self._finish(
-                _decoder_groups(model.text_decoder), "text_decoder", sweep=model.text_decoder
-            )
+        elif text is not None:
+            specs += self._tower(text, _kind(text), "text", coarse)
+        decoder = _child(model, "text_decoder")
+        if kind == "coca" and decoder is not None:
+            specs += self._finish(_decoder_groups(decoder), "text_decoder", sweep=decoder)
         specs += self._model_level(model)
         return specs
 
