@@ -144,7 +144,7 @@ def test_optimizer_groups_are_matched_by_name_on_load(tmp_path: Path) -> None:
 
 
 def test_load_rejects_a_checkpoint_of_other_groups() -> None:
-    model, u = make(0)
+    _, u = make(0)
     sd = u.state_dict()
     torch.manual_seed(0)
     other = timm.create_model("test_resnet", num_classes=3)
