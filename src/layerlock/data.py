@@ -500,7 +500,7 @@ def hf_splits(
                 )
 
     def names_of(ds: Any) -> list[str] | None:
-        feature = getattr(ds, "features", {}).get(label_key)
+        feature: Any = getattr(ds, "features", {}).get(label_key)
         return list(feature.names) if getattr(feature, "names", None) else None
 
     def label_names(ds: Any) -> list[str]:
@@ -702,7 +702,8 @@ class Splits:
             >>> Splits(ImageDataset([], ["a"]), ImageDataset([], ["a"]), ["a"]).summary()
             'train 0 images, val 0 images, 1 classes'
         """
-        text = f"train {len(self.train):,} images, val {len(self.val):,} images, {len(self.classes)} classes"
+        n_train, n_val = len(self.train), len(self.val)  # type: ignore[arg-type]
+        text = f"train {n_train:,} images, val {n_val:,} images, {len(self.classes)} classes"
         skipped = self.skipped
         n = len(skipped["train"]) + len(skipped["val"])
         if n:

@@ -102,8 +102,8 @@ def load_demo_backbone(num_classes: int = len(DEMO_DIGITS)) -> nn.Module:
     pretrained_cfg["num_classes"] = num_classes
     pretrained_cfg["train_augmentation"] = dict(cfg.get("finetune_augmentation", {}))
     pretrained_cfg["file"] = str(WEIGHTS)
-    model.pretrained_cfg = pretrained_cfg
-    model.default_cfg = pretrained_cfg
+    model.pretrained_cfg = pretrained_cfg  # type: ignore[assignment]
+    model.default_cfg = pretrained_cfg  # type: ignore[assignment]
     return model
 
 

@@ -140,7 +140,7 @@ def _state_dict(obj: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.
         if not isinstance(tensor, torch.Tensor):
             raise LayerlockError(f"cannot save {name!r}: {type(tensor).__name__} is not a tensor")
         t = tensor.detach().cpu().contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        key = (t.untyped_storage().data_ptr(), int(t.storage_offset()))
         # safetensors refuses tensors sharing memory (tied weights): store a copy of each
         if key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
             t = t.clone()
