@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import timm
 import torch
-from conftest import ConvBNNet
 from torch import nn
 
 import layerlock.unfreezer as unfreezer_module
+from conftest import ConvBNNet
 from layerlock.audit import audit, fingerprint
 from layerlock.unfreezer import Unfreezer
 
@@ -199,3 +199,27 @@ def test_tiny_vit_created_frozen_parameter_stays_frozen(tiny_vit: nn.Module) -> 
     pos = tiny_vit.pos_embed.detach().clone()
     train(u, 2, shape=(2, 3, 16, 16))
     assert torch.equal(pos, tiny_vit.pos_embed)
+
+
+def test_fit_loop_helper_records_events_lrs_and_checks_loader_length() -> None:
+    from layerlock.errors import ConfigError
+    from layerlock.integrations.loop import evaluate, fit
+
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    data = [batch(t, (4, 3, 8, 8)) for t in range(3)]
+    u = Unfreezer(model, "gradual", epochs=2, steps_per_epoch=3, lr=0.05)
+    hist = fit(
+        u,
+        data,
+        nn.functional.cross_entropy,
+        epochs=2,
+        grad_clip=1.0,
+        eval_fn=lambda m: evaluate(m, data),
+    )
+    assert len(hist.losses) == 6 and len(hist.eval) == 2 and u.global_step == 6
+    assert hist.events == ["step 0 (epoch 0): +head", "step 3 (epoch 1): +blocks.2"]
+    assert hist.lrs[0]["blocks.2"] == 0.0 and hist.lrs[3]["blocks.2"] > 0.0
+    u2 = Unfreezer(ConvBNNet(), "full", epochs=1, steps_per_epoch=5)
+    with pytest.raises(ConfigError, match="epoch 0 had 3 batches.*steps_per_epoch=5"):
+        fit(u2, data, nn.functional.cross_entropy, epochs=1)

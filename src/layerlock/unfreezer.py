@@ -291,12 +291,13 @@ class Unfreezer:
         """The LR the formula gives a param group at ``step`` (default: now), 0 when locked."""
         step = self.global_step if step is None else step
         gi = self._index[layer_group_of(param_group_name)]
-        trainable = self.plan.trainable_at(step)
+        at = min(step, self.plan.total_steps - 1)
+        trainable = self.plan.trainable_at(at)
         if gi not in trainable:
             if param_group_name.endswith(NO_DECAY_SUFFIX) and (self.train_norm or self.train_bias):
                 return self.lr_schedule.group_lr(step, self.multipliers[self.groups[gi].name], None)
             return 0.0
-        since = self.plan.unlocked_since(step).get(gi)
+        since = self.plan.unlocked_since(at).get(gi)
         return self.lr_schedule.group_lr(step, self.multipliers[self.groups[gi].name], since)
 
     # -- driving -----------------------------------------------------------------------
@@ -316,14 +317,16 @@ class Unfreezer:
                 raise ConfigError(f"step must be an int >= 0, got {step!r}")
             self.global_step = step
         changed = False
-        ei = self.plan.event_index(self.global_step)
+        # past the last step nothing trains any more: keep the last step's state
+        at = min(self.global_step, self.plan.total_steps - 1)
+        ei = self.plan.event_index(at)
         if ei != self._event_index:
             event = self.plan.events[ei]
             if event.trainable != self._trainable:
                 self._apply(event)
                 changed = True
             self._event_index = ei
-            self._since = self.plan.unlocked_since(self.global_step)
+            self._since = self.plan.unlocked_since(at)
         if self.manage_lr:
             self._set_lrs()
         return changed
