@@ -26,6 +26,10 @@ Design decisions (each one tested):
   the global step, so :meth:`Unfreezer.state_dict` stores the step, the optimizer state
   (param groups matched by name on load) and, for checking, the trainable groups.
 
+- **Nothing changes after the run.** Events at or after ``epochs * steps_per_epoch``
+  never apply, so the state after the last :meth:`Unfreezer.step` is the state the last
+  step trained with.
+
 Learning rates follow :class:`layerlock.optim.LRSchedule` (formula in
 :mod:`layerlock.optim`).
 
