@@ -44,6 +44,7 @@ from .lock import unlock as unlock
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "ConfigError",
     "LayerGroup",
     "LayerGroups",
@@ -51,11 +52,16 @@ __all__ = [
     "LockReport",
     "MissingDependencyError",
     "PartitionError",
+    "Schedule",
     "ScheduleError",
+    "Unfreezer",
     "UnknownGroupError",
     "UnknownModelError",
+    "audit",
+    "fingerprint",
     "frozen_bn_modules",
     "layer_groups",
     "lock",
+    "parse_schedule",
     "unlock",
 ]
