@@ -11,7 +11,9 @@ on one attribute of it (``module_attr="backbone"``). Unlike Lightning's
   so LR schedulers keep working (Lightning #8720). Locked parameters have ``.grad`` None:
   the optimizer skips them (no weight decay, no momentum). Parameters the optimizer lacks
   (one built from ``requires_grad`` parameters only) are added once, as named groups, in
-  ``on_fit_start`` - before Lightning restores optimizer state, so checkpoints load.
+  ``on_fit_start`` - before Lightning restores optimizer state, so checkpoints load - and
+  its LR schedulers are extended so the new groups follow them (LambdaLR-style
+  schedulers; others raise :class:`~layerlock.errors.ConfigError`).
   Parameters with ``requires_grad=False`` before layerlock first sees the model count as
   created frozen and are never unlocked: lock beforehand with :func:`layerlock.lock`, not
   ``requires_grad_(False)``.
@@ -81,6 +83,7 @@ from ..distributed import is_distributed
 from ..groups import layer_groups
 from ..schedule import Schedule, parse_schedule
 from ..unfreezer import Unfreezer
+from ._schedulers import extend_scheduler
 
 __all__ = ["LayerlockFinetuning"]
 
@@ -251,6 +254,7 @@ class LayerlockFinetuning(Callback):
             )
         optimizer = optimizers[self.optimizer_index]
         before = len(optimizer.param_groups)
+        lrs = [pg["lr"] for pg in optimizer.param_groups]
         base_lr = self.lr if self.lr is not None else float(optimizer.defaults.get("lr", 1e-3))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*do not carry layerlock group names.*")
@@ -265,16 +269,17 @@ class LayerlockFinetuning(Callback):
                 ddp=False,
                 **self._options,
             )
-        added = [pg.get("name") for pg in optimizer.param_groups[before:]]
-        if added and trainer.lr_scheduler_configs:
-            warnings.warn(
-                f"LayerlockFinetuning added param groups {added} that the optimizer lacked; "
-                "the LR scheduler built in configure_optimizers does not drive them. Build the "
-                "optimizer from all parameters (self.parameters() or layerlock.optim.param_groups)",
-                stacklevel=2,
-            )
+        added = optimizer.param_groups[before:]
+        for config in trainer.lr_scheduler_configs:
+            if getattr(config.scheduler, "optimizer", None) is optimizer:
+                extend_scheduler(config.scheduler, added, before)
         if self.lr is None:
+            # the Unfreezer set LRs by its formula when it was built: give them back
             unfreezer.manage_lr = False
+            for pg, lr in zip(optimizer.param_groups, lrs):
+                pg["lr"] = lr
+            for pg in optimizer.param_groups[before:]:
+                pg["lr"] = base_lr * float(pg.get("lr_scale", 1.0))
         elif not unfreezer.manage_lr:
             warnings.warn(
                 "lr is set but the optimizer's param groups do not carry layerlock names: "
@@ -348,4 +353,3 @@ class LayerlockFinetuning(Callback):
                 f"(expected {_STATE_VERSION})"
             )
         self._resumed = dict(state_dict)
-
