@@ -289,7 +289,5 @@ def test_cli_help_ends_with_examples(capsys: pytest.CaptureFixture[str]) -> None
             main([command, "--help"])
         out = capsys.readouterr().out
         assert (
-            ("examples:" in out
-            and out.rstrip().splitlines()[-1].strip().startswith("layerlock"))
-            or "torchrun" in out
-        )
+            "examples:" in out and out.rstrip().splitlines()[-1].strip().startswith("layerlock")
+        ) or "torchrun" in out

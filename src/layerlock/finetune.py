@@ -318,6 +318,22 @@ def _load_checkpoint_into(model: nn.Module, path: str, groups: LayerGroups | Non
     return f"weights loaded from {path}{fresh}"
 
 
+def _open_clip_preprocess(
+    visual: nn.Module, augmentation: dict[str, Any] | None
+) -> tuple[Any, Any]:
+    """OpenCLIP's own train / eval transforms for an image tower (its preprocess config)."""
+    from open_clip import transform as oct
+
+    cfg = getattr(visual, "preprocess_cfg", None)
+    if cfg:
+        pcfg = oct.PreprocessCfg(**cfg)
+    else:
+        size = visual.image_size
+        pcfg = oct.PreprocessCfg(size=tuple(size) if isinstance(size, (tuple, list)) else size)
+    train = oct.image_transform_v2(pcfg, is_train=True, aug_cfg=augmentation or None)
+    return train, oct.image_transform_v2(pcfg, is_train=False)
+
+
 def _logits(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
@@ -799,11 +815,17 @@ def _run(
             f"the training data has {len(classes)} class; a classifier needs 2 or more"
         )
     model, notes, groups = build_classifier(config, classes)
-    transforms = model_transforms(
-        model,
-        augmentation=config.augmentation,
-        deterministic_train=config.deterministic_train_transform,
-    )
+    if isinstance(model, OpenCLIPClassifier):
+        transforms = model_transforms(
+            preprocess=_open_clip_preprocess(model.visual, config.augmentation),
+            deterministic_train=config.deterministic_train_transform,
+        )
+    else:
+        transforms = model_transforms(
+            model,
+            augmentation=config.augmentation,
+            deterministic_train=config.deterministic_train_transform,
+        )
     for ds, tf in ((splits.train, transforms.train), (splits.val, transforms.eval)):
         ds.transform = tf  # type: ignore[attr-defined]
         ds.mode = transforms.mode  # type: ignore[attr-defined]
@@ -869,7 +891,10 @@ def _run(
     logger = run.metrics(resume_step=unfreezer.global_step if checkpoint is not None else None)
     spe = steps_per_epoch
 
+    live = {"trainable": _trainable(model), "groups": len(unfreezer.trainable)}
+
     def on_event(event: UnlockEvent) -> None:
+        live["trainable"], live["groups"] = _trainable(model), len(unfreezer.trainable)
         logger.log_event(
             event.step,
             event.step / spe,
@@ -925,6 +950,7 @@ def _run(
                             logits = _logits(unfreezer.model(x)).float()
                         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
                         lrs = _lrs(unfreezer)
+                        trained = dict(live)
                         batch_right = float((logits.detach().argmax(-1) == y).sum())
                         loss_value, flag, n_seen, right = _all_sum(
                             [
@@ -950,6 +976,7 @@ def _run(
                             )
                         unfreezer.step()
                         state.add(loss_value * n_seen, right, n_seen)
+                        state.last_lrs, state.last_trained = lrs, trained
                         n_log += int(n_seen)
                         gs = unfreezer.global_step
                         if gs % config.log_every == 0 or gs == 1 or gs % spe == 0:
@@ -961,8 +988,8 @@ def _run(
                                     "loss": loss_value,
                                     "accuracy": right / max(n_seen, 1),
                                     **lrs,
-                                    "trainable_params": _trainable(model),
-                                    "unlocked_groups": len(unfreezer.trainable),
+                                    "trainable_params": trained["trainable"],
+                                    "unlocked_groups": trained["groups"],
                                     "images_per_s": n_log / max(now - t_log, 1e-9),
                                 }
                             )
@@ -979,9 +1006,10 @@ def _run(
                 t_eval = time.perf_counter()
                 ev = _evaluate(model, val_loader, device, len(classes), dtype)
                 row = state.epoch_row(epoch + 1, unfreezer.global_step, ev, elapsed())
-                row.update(_lrs(unfreezer))
-                row["trainable_params"] = _trainable(model)
-                row["unlocked_groups"] = len(unfreezer.trainable)
+                # the LRs and trainable set the epoch's last step trained with
+                row.update(state.last_lrs or _lrs(unfreezer))
+                row["trainable_params"] = state.last_trained.get("trainable", live["trainable"])
+                row["unlocked_groups"] = state.last_trained.get("groups", live["groups"])
                 row["eval_s"] = time.perf_counter() - t_eval
                 logger.log_epoch(row)
                 state.finish_epoch(row, ev["per_class"])
@@ -1042,6 +1070,8 @@ class _SessionState:
         self.last: dict[str, Any] = {}
         self.per_class: list[float] = []
         self.rows: list[dict[str, Any]] = []
+        self.last_lrs: dict[str, float] = {}
+        self.last_trained: dict[str, int] = {}
 
     def add(self, loss_sum: float, right: float, seen: float) -> None:
         self.loss_sum += loss_sum
@@ -1082,6 +1112,8 @@ class _SessionState:
             "best": [self.best, self.best_epoch],
             "last_row": {k: v for k, v in self.last.items() if v is not None},
             "per_class": list(self.per_class),
+            "last_lrs": dict(self.last_lrs),
+            "last_trained": dict(self.last_trained),
         }
 
     def load(self, ckpt: Mapping[str, Any]) -> None:
@@ -1091,6 +1123,8 @@ class _SessionState:
         self.best, self.best_epoch = float(ckpt["best"][0]), int(ckpt["best"][1])
         self.last = dict(ckpt.get("last_row", {}))
         self.per_class = list(ckpt.get("per_class", []))
+        self.last_lrs = dict(ckpt.get("last_lrs", {}))
+        self.last_trained = dict(ckpt.get("last_trained", {}))
 
     def fill(self, result: RunResult, classes: list[str]) -> None:
         if not self.last:
