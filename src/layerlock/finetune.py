@@ -183,7 +183,7 @@ class OpenCLIPClassifier(nn.Module):
 
 
 def zero_shot_head(
-    clip: nn.Module,
+    clip: Any,
     head: nn.Linear,
     classes: list[str],
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -265,8 +265,8 @@ def build_classifier(
         model = load_demo_backbone(n)
         notes.append("demo backbone: ViT pretrained on MNIST digits 0-4")
     elif parse_spec(config.model)[0] == "open_clip":
-        clip = build_model(config.model, pretrained=config.pretrained)
-        visual = clip.visual
+        clip: Any = build_model(config.model, pretrained=config.pretrained)
+        visual: nn.Module = clip.visual
         classifier = OpenCLIPClassifier(visual, _embed_dim(visual), n)
         if config.zero_shot_head and hasattr(clip, "encode_text") and config.checkpoint is None:
             import open_clip
@@ -413,7 +413,7 @@ class _SeededSamples(Dataset):
 
 def _rng_state() -> dict[str, Any]:
     version, state, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [version, list(state), gauss],
