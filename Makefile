@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/layerlock groups timm:vit_base_patch16_224 --unlocked-groups 2
+	$(BIN)/layerlock finetune
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q --timeout=900 tests src/layerlock --doctest-modules

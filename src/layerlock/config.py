@@ -115,8 +115,8 @@ class FinetuneConfig:
     augmentation: dict[str, Any] | None = None
     deterministic_train_transform: bool = False
     schedule: str = "lp-ft"
-    epochs: int = 8
-    batch_size: int = 64
+    epochs: int = 16
+    batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.05
     layer_decay: float | None = None
@@ -274,7 +274,7 @@ class FinetuneConfig:
         """The resolved config as YAML; ``load_config`` of it gives an equal config.
 
         Example:
-            >>> "epochs: 8" in FinetuneConfig().to_yaml()
+            >>> "epochs: 16" in FinetuneConfig().to_yaml()
             True
         """
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
