@@ -291,3 +291,45 @@ def test_cli_help_ends_with_examples(capsys: pytest.CaptureFixture[str]) -> None
         assert (
             "examples:" in out and out.rstrip().splitlines()[-1].strip().startswith("layerlock")
         ) or "torchrun" in out
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = finetune(tiny_config(tmp_path, epochs=1), on_step=interrupt)
+    assert result.interrupted and result.steps == 2
+    assert (result.run_dir / "checkpoint.pt").is_file()
+    assert not (result.run_dir / "model.safetensors").exists()
+    resumed = finetune(tiny_config(tmp_path, epochs=1, resume=str(result.run_dir)))
+    assert not resumed.interrupted and resumed.steps == 3
+
+
+def test_evaluate_top5_only_beyond_five_classes() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from layerlock.finetune import _evaluate
+
+    torch.manual_seed(0)
+    for classes in (3, 7):
+        data = TensorDataset(torch.randn(20, 4), torch.arange(20) % classes)
+        ev = _evaluate(
+            torch.nn.Linear(4, classes),
+            DataLoader(data, batch_size=6),
+            torch.device("cpu"),
+            classes,
+            None,
+        )
+        assert (ev["val_top5"] is None) == (classes <= 5)
+        assert len(ev["per_class"]) == classes
+        if ev["val_top5"] is not None:
+            assert ev["val_acc"] <= ev["val_top5"] <= 1.0
+        counts = torch.bincount(torch.arange(20) % classes).double()
+        assert (
+            abs(sum(a * c for a, c in zip(ev["per_class"], counts.tolist())) / 20 - ev["val_acc"])
+            < 1e-9
+        )

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from layerlock.distributed import free_port
 from layerlock.runs import read_jsonl
 from test_finetune import make_folder
 
@@ -31,8 +30,7 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(free_port()),
+        "--standalone",
         "-m",
         "layerlock",
         "finetune",

@@ -997,7 +997,9 @@ def _run(
                         if on_step is not None:
                             on_step(gs, loss_value)
                         bar.update(f"epoch {epoch + 1}/{config.epochs} loss {loss_value:.3f}")
-                        if flag or (stop_after is not None and gs >= stop_after):
+                        # under DDP only the all-reduced flag, so that every rank stops together
+                        now_stop = flag or (world == 1 and stop.raised)
+                        if now_stop or (stop_after is not None and gs >= stop_after):
                             interrupted = True
                             break
                     if interrupted:
