@@ -381,7 +381,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_rss_during(fn: Callable[[], None]) -> int:
+def _peak_rss_during(fn: Callable[[], object]) -> int:
     before = _rss()
     peak = [before]
     stop = threading.Event()

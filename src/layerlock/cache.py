@@ -443,7 +443,7 @@ class _Batches:
         n = self.cache.num_samples
         base = self.cache.view_of(self.epoch) * n
         # A DataLoader over the indices draws the order exactly as one over the dataset.
-        order = DataLoader(
+        order: DataLoader[int] = DataLoader(
             range(n),  # type: ignore[arg-type]
             batch_size=self.batch_size,
             shuffle=self.shuffle,

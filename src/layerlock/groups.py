@@ -41,16 +41,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     seen = 0
     while seen < 8:
         seen += 1
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        elif type(model).__name__ in {
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module) and type(model).__name__ in {
             "DistributedDataParallel",
             "DataParallel",
             "FullyShardedDataParallel",
-        } and isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
-        else:
+        }:
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
             break
+        model = inner
     return model
 
 

@@ -320,7 +320,7 @@ def _recipe(model: nn.Module) -> _Recipe | str:
 def _timm_head(model: nn.Module, done: set[str]) -> list[Step]:
     """timm's ``forward_head``: decomposed for the known layouts, else one step."""
     attrs = [n for n, _ in model.named_children() if n not in done]
-    return [Step("forward_head", tuple(attrs), lambda x, ctx: model.forward_head(x))]
+    return [Step("forward_head", tuple(attrs), lambda x, ctx: model.forward_head(x))]  # type: ignore[operator]
 
 
 def _timm_recipe(model: nn.Module) -> _Recipe | None:

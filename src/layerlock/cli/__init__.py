@@ -23,7 +23,7 @@ SUBCOMMANDS = ("groups", "plan", "finetune", "compare", "bench")
 
 
 def _modules() -> list[tuple[str, object]]:
-    found = []
+    found: list[tuple[str, object]] = []
     for name in SUBCOMMANDS:
         if importlib.util.find_spec(f"{__name__}.{name}") is not None:
             found.append((name, importlib.import_module(f"{__name__}.{name}")))
