@@ -91,3 +91,47 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["groups"])
     assert exc.value.code == 2
+
+
+def test_hf_model_type_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    table = _json(capsys, "hf:vit", "-k", "1")
+    names = [r["name"] for r in table["rows"]]
+    assert table["adapter"] == "transformers"
+    assert names[0] == "embeddings" and names[1] == "layer.0"
+    assert [r["name"] for r in table["rows"] if r["trainable"]] == [names[-1]]
+
+
+def test_torchvision_model(capsys: pytest.CaptureFixture[str]) -> None:
+    table = _json(capsys, "torchvision:resnet18", "--coarse")
+    assert table["adapter"] == "torchvision"
+    assert len(table["rows"]) == 6
+
+
+def test_tower_selection_on_a_clip_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "tiny_clip.py"
+    file.write_text(
+        textwrap.dedent(
+            """
+            import open_clip
+            def build():
+                vision = dict(layers=2, width=32, head_width=16, patch_size=8, image_size=32)
+                text = dict(context_length=8, vocab_size=50, width=32, heads=2, layers=2)
+                return open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+            """
+        )
+    )
+    both = _json(capsys, f"module:{file}:build", "-k", "1")
+    assert {r["tower"] for r in both["rows"]} == {"visual", "text", "model"}
+    assert sorted(r["name"] for r in both["rows"] if r["trainable"]) == [
+        "logit_scale",
+        "text.proj",
+        "visual.proj",
+    ]
+    visual = _json(capsys, f"module:{file}:build", "-k", "2", "--tower", "visual")
+    assert {r["tower"] for r in visual["rows"]} == {"visual"}
+    assert [r["name"] for r in visual["rows"] if r["trainable"]] == [
+        "visual.layer.1",
+        "visual.proj",
+    ]
