@@ -27,6 +27,7 @@ import yaml
 from .errors import ConfigError, suggest
 
 __all__ = [
+    "CACHE_DTYPES",
     "CACHE_MODES",
     "PRECISIONS",
     "RESUME_IGNORED",
@@ -37,6 +38,7 @@ __all__ = [
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CACHE_MODES = ("auto", "on", "off")
+CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 DATA_SOURCES = ("demo", "folder", "csv", "hf")
 BAD_IMAGE_POLICIES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -89,8 +91,14 @@ class FinetuneConfig:
         workers: DataLoader worker processes.
         out_dir: Run directory.
         resume: Run directory to continue from (must hold a checkpoint of the same config).
-        cache: Cache the output of the locked prefix: ``auto``, ``on`` or ``off``.
+        cache: Cache the output of the locked prefix: ``auto`` (per stage, from the cost
+            model), ``on`` (whenever possible) or ``off``.
         cache_budget_mb: Memory the cache may use, in MiB.
+        cache_views: Fixed augmented views per training image cached under a random
+            train transform (epoch ``e`` trains on view ``e % cache_views``; 1 caches one
+            fixed view only with ``cache=on``).
+        cache_dtype: Storage dtype of cached features: ``auto`` (bfloat16 on CUDA, float16
+            elsewhere), ``float16``, ``bfloat16`` or ``float32``.
         log_every: Steps between per-step metric rows.
         zero_shot_head: Initialise an OpenCLIP head from its text tower's class embeddings.
         prompt: Prompt template of the zero-shot head; ``{}`` is the class name.
@@ -133,6 +141,8 @@ class FinetuneConfig:
     resume: str | None = None
     cache: str = "auto"
     cache_budget_mb: int = 1024
+    cache_views: int = 2
+    cache_dtype: str = "auto"
     log_every: int = 10
     zero_shot_head: bool = True
     prompt: str = "a photo of a {}."
@@ -189,10 +199,11 @@ class FinetuneConfig:
 
         choice("precision", PRECISIONS)
         choice("cache", CACHE_MODES)
+        choice("cache_dtype", CACHE_DTYPES)
         choice("data", DATA_SOURCES)
         choice("bad_images", BAD_IMAGE_POLICIES)
         choice("device", (*DEVICES, *(f"cuda:{i}" for i in range(16))))
-        for name in ("epochs", "batch_size", "shots_per_class", "log_every"):
+        for name in ("epochs", "batch_size", "shots_per_class", "log_every", "cache_views"):
             at_least(name, 1)
         for name in ("warmup_steps", "unlock_warmup_steps", "workers", "cache_budget_mb"):
             at_least(name, 0)
@@ -335,6 +346,8 @@ RESUME_IGNORED = frozenset(
         "workers",
         "cache",
         "cache_budget_mb",
+        "cache_views",
+        "cache_dtype",
         "log_every",
         "device",
         "bad_images",

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -94,6 +95,7 @@ class RunResult:
         interrupted: The run stopped early (Ctrl-C or ``stop_after``); resume it.
         replicas_agree: Under DDP, whether every rank ended with identical weights.
         skipped_images: Unreadable image files left out of the data.
+        cache: The feature-cache decisions, one per schedule stage (and per resume).
         model: The trained model (unwrapped).
     """
 
@@ -113,6 +115,7 @@ class RunResult:
     interrupted: bool = False
     replicas_agree: bool | None = None
     skipped_images: int = 0
+    cache: list[dict[str, Any]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +136,7 @@ class RunResult:
             "interrupted": self.interrupted,
             "replicas_agree": self.replicas_agree,
             "skipped_images": self.skipped_images,
+            "cache": [dict(r) for r in self.cache],
         }
 
 
@@ -713,6 +717,462 @@ def _trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# -- frozen-prefix feature cache -------------------------------------------------------------
+
+CACHE_LOG_FILE = "cache.jsonl"
+
+
+def _prefix_randomness(split: Any, frozen_bn: set[str]) -> str | None:
+    """Why the frozen prefix, run in training mode, is not a function of its input (or None).
+
+    The cache is filled in eval mode; it may stand in for the training-mode prefix only when
+    both give the same output: no dropout / drop-path with p > 0, no BatchNorm that updates
+    (and normalises with) batch statistics, no parameter that still trains.
+    """
+    trainable = [n for n, p in split.prefix_params() if p.requires_grad]
+    if trainable:
+        return f"parameter {trainable[0]} of a locked group still trains"
+    names = {id(m): n for n, m in split.model.named_modules()}
+    for top in split.prefix_modules():
+        for m in top.modules():
+            name = names.get(id(m), type(m).__name__)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if name not in frozen_bn or not m.track_running_stats:
+                    return (
+                        f"BatchNorm {name} in the locked groups updates its statistics in "
+                        "training (set freeze_bn_stats=true to cache)"
+                    )
+            elif "drop" in type(m).__name__.lower():
+                for attr in ("p", "drop_prob", "prob", "drop_rate"):
+                    value = getattr(m, attr, None)
+                    if isinstance(value, (int, float)) and value > 0:
+                        return (
+                            f"{type(m).__name__} {name} (p={value:g}) in the locked groups is "
+                            "random in training"
+                        )
+    return None
+
+
+class _FeatureBatches(Dataset):
+    """Batches of cached features by index list (served through a DataLoader like the images)."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return self.cache.features[idx].float(), self.cache.labels[idx]
+
+
+class _StoredBatches(Dataset):
+    """Batches of stored tensors by index list."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return self.x[idx], self.y[idx]
+
+
+class _Suffix(nn.Module):
+    """Calls ``split.suffix``; holds the model so that ``train()`` / ``eval()`` reach it."""
+
+    def __init__(self, split: Any) -> None:
+        super().__init__()
+        self.body = split.model
+        self.split = split
+        self.training = split.model.training
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.split.suffix(features)
+
+
+@dataclass
+class _Stage:
+    index: int
+    boundary: int
+    split: Any = None
+    train: list[Any] = field(default_factory=list)
+    val: Any = None
+
+
+class _Caches:
+    """The feature caches of the schedule stage in force (``cache=auto|on|off``).
+
+    A stage is one unlock event of the plan. At the first epoch of a stage (and after a
+    resume) :meth:`begin_epoch` decides, logs one line and fills the caches: the training
+    images' prefix features (one view under a deterministic train transform, else
+    ``cache_views`` fixed views, view ``v`` drawn exactly like epoch ``v``'s augmentation of
+    the uncached run) and the evaluation images'. The decision depends on the plan and the
+    data only, never on where a session started, so a resumed run makes the same choices.
+    """
+
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        unfreezer: Unfreezer,
+        train_set: Dataset,
+        val_set: Dataset,
+        *,
+        deterministic: bool,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        world: int,
+        steps_per_epoch: int,
+        say: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.config, self.unfreezer = config, unfreezer
+        self.train_set, self.val_set = train_set, val_set
+        self.deterministic = deterministic
+        self.device, self.dtype, self.world = device, dtype, world
+        self.spe = steps_per_epoch
+        self.say = say
+        self.stage: _Stage | None = None
+        self.records: list[dict[str, Any]] = []
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fill_s = 0.0  # fill time since the last epoch row
+        choice = config.cache_dtype
+        if choice == "auto":
+            choice = "bfloat16" if device.type == "cuda" else "float16"
+        self.store = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+            choice, torch.float32
+        )
+
+    # -- decisions -----------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        """Decide (once per stage), check the caches are still valid, fill them."""
+        plan = self.unfreezer.plan
+        ei = plan.event_index(min(first_step, plan.total_steps - 1))
+        if self.stage is not None and self.stage.index == ei:
+            probe = self.stage.train[:1] + ([self.stage.val] if self.stage.val else [])
+            stale = next((r for r in (c.stale_reason() for c in probe) if r), None)
+            if stale is None:
+                return
+            self.stage = self._decide(ei, epoch, first_step, f"refilled: {stale}")
+            return
+        dropped = None
+        if self.stage is not None and (self.stage.train or self.stage.val is not None):
+            dropped = (
+                f"dropped the group-{self.stage.boundary} cache: the boundary moved "
+                f"(unlock at step {plan.events[ei].step})"
+            )
+        self.stage = None  # free the old features before filling new ones
+        self.stage = self._decide(ei, epoch, first_step, dropped)
+
+    def _why_not(self, boundary: int, split: Any) -> str | None:
+        groups = self.unfreezer.groups
+        if self.config.cache == "off":
+            return "cache=off"
+        if self.world > 1:
+            return (
+                "DistributedDataParallel: a cached suffix would bypass its gradient "
+                "averaging; training uncached"
+            )
+        if boundary == 0:
+            return "nothing is locked below the lowest trainable group (boundary 0)"
+        if boundary >= len(groups):
+            return "every group is locked: nothing trains"
+        if split is None:
+            from .split import split_reason
+
+            return split_reason(self.unfreezer.base, groups, boundary)
+        from .lock import frozen_bn_modules
+
+        return _prefix_randomness(split, set(frozen_bn_modules(self.unfreezer.base)))
+
+    def _decide(self, ei: int, epoch: int, first_step: int, note: str | None) -> _Stage:
+        from .cache import describe_bytes, should_cache
+        from .split import split_model
+
+        plan, groups, config = self.unfreezer.plan, self.unfreezer.groups, self.config
+        event = plan.events[ei]
+        start = event.step
+        end = plan.events[ei + 1].step if ei + 1 < len(plan.events) else plan.total_steps
+        end = min(end, plan.total_steps)
+        boundary = min(event.trainable) if event.trainable else len(groups)
+        split = None
+        if config.cache != "off" and self.world == 1 and 0 < boundary < len(groups):
+            split = split_model(self.unfreezer.base, groups, boundary)
+        stage = _Stage(ei, boundary)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": first_step,
+            "mode": config.cache,
+            "boundary": boundary,
+            "boundary_group": groups[boundary].name if boundary < len(groups) else None,
+            "stage_epochs": (end - start) / self.spe,
+            "train_cached": False,
+            "eval_cached": False,
+            "views": 0,
+            "bytes": 0,
+            "fill_s": 0.0,
+        }
+        if note:
+            record["note"] = note
+        why = self._why_not(boundary, split)
+        where = f"cache (epoch {epoch + 1}, stage of {record['stage_epochs']:g} epoch(s))"
+        evals = end // self.spe - start // self.spe
+        # the kept evaluation images (earlier stages) count against the budget too
+        budget = config.cache_budget_mb * 2**20 - self.nbytes(None)
+        if why is not None:
+            record["reason"] = f"uncached: {why}"
+            line = f"{where}: uncached: {why}"
+            if config.cache == "on":
+                line = f"{where}: cache=on is not possible, training uncached: {why}"
+            inputs = self._inputs(evals, budget)
+            if inputs:
+                record["eval_inputs"] = inputs
+                line += f"; eval {inputs}"
+            if note:
+                line += f" ({note})"
+            self._log(record, line)
+            return stage
+        stage.split = split
+        views = 1 if self.deterministic else config.cache_views
+        per = self._feature_bytes(split)
+        train_bytes = len(self.train_set) * views * per  # type: ignore[arg-type]
+        val_bytes = len(self.val_set) * per  # type: ignore[arg-type]
+        if config.cache == "auto":
+            td = should_cache(
+                groups,
+                boundary,
+                epochs=(end - start) / self.spe,
+                split=split or False,
+                deterministic=self.deterministic,
+                views=views,
+                nbytes=train_bytes,
+                budget_bytes=budget,
+            )
+            train_on, train_why = td.cache, td.reason
+        else:
+            train_on = train_bytes <= budget
+            train_why = (
+                f"cache on: cache=on; {describe_bytes(train_bytes)} of "
+                f"{describe_bytes(budget)} budget"
+                if train_on
+                else f"cache=on but the features need {describe_bytes(train_bytes)}, over "
+                f"the {describe_bytes(budget)} budget (raise cache_budget_mb); training uncached"
+            )
+        if train_on and not self.deterministic:
+            train_why += (
+                f"; {views} fixed augmented view(s) per image, epoch e trains on view e % {views}"
+            )
+        left = budget - (train_bytes if train_on else 0)
+        if config.cache == "auto":
+            vd = should_cache(
+                groups,
+                boundary,
+                epochs=evals,
+                split=split or False,
+                deterministic=True,
+                views=1,
+                nbytes=val_bytes,
+                budget_bytes=left,
+            )
+            val_on, val_why = vd.cache, vd.reason
+        else:
+            val_on = val_bytes <= left
+            val_why = (
+                "cache on: cache=on"
+                if val_on
+                else f"cache=on but the features need {describe_bytes(val_bytes)}, over "
+                f"the {describe_bytes(left)} left of the budget"
+            )
+        if evals == 0 and config.cache == "on":
+            val_on, val_why = False, "cache off: no evaluation in this stage"
+        record.update(train_reason=train_why, eval_reason=val_why, reason=train_why)
+        state = _rng_state()
+        start_fill = time.perf_counter()
+        try:
+            with _autocast(self.device, self.dtype):
+                if train_on:
+                    stage.train = [self._fill(split, v, views) for v in range(views)]
+                if val_on:
+                    stage.val = self._fill(split, None, 1)
+        finally:
+            _set_rng_state(state)  # filling must not move the run's random streams
+        fill = time.perf_counter() - start_fill
+        self.fill_s += fill
+        record.update(
+            train_cached=bool(stage.train),
+            eval_cached=stage.val is not None,
+            views=len(stage.train),
+            bytes=self.nbytes(stage),
+            fill_s=fill,
+        )
+        line = (
+            f"{where}, locked below {record['boundary_group']}: "
+            f"train {'cached' if train_on else 'uncached'} ({train_why}); "
+            f"eval {'cached' if val_on else 'uncached'} ({val_why})"
+        )
+        if not val_on:
+            inputs = self._inputs(evals, left)
+            if inputs:
+                record["eval_inputs"] = inputs
+                line += f"; eval {inputs}"
+        if train_on or val_on:
+            line += f"; filled {describe_bytes(record['bytes'])} in {fill:.2f} s"
+        if note:
+            line += f" ({note})"
+        self._log(record, line)
+        return stage
+
+    def _inputs(self, evals: int, budget: int) -> str | None:
+        """Keep the preprocessed evaluation images when no prefix cache serves the evaluation.
+
+        The evaluation transform is deterministic, so its output can be stored once (in its
+        own dtype: evaluation stays bit-identical) and reused by every later evaluation.
+        Returns a note for the decision line, or None when nothing is said.
+        """
+        from .cache import describe_bytes
+
+        if self.inputs is not None:
+            return "from the preprocessed images kept earlier"
+        if self.config.cache == "off" or self.world > 1 or evals < 2:
+            return None  # one evaluation pays nothing back
+        x, _ = self.val_set[0]
+        x = torch.as_tensor(x)
+        need = len(self.val_set) * x.numel() * x.element_size()  # type: ignore[arg-type]
+        if need > budget:
+            return (
+                f"preprocessed images not kept: {describe_bytes(need)} over the "
+                f"{describe_bytes(budget)} left of the budget"
+            )
+        state = _rng_state()
+        start = time.perf_counter()
+        try:
+            loader = DataLoader(
+                self.val_set,
+                batch_size=self.config.batch_size,
+                shuffle=False,
+                num_workers=self.config.workers,
+            )
+            xs, ys = zip(*loader)
+            self.inputs = (torch.cat(xs), torch.cat(ys))
+        finally:
+            _set_rng_state(state)
+        self.fill_s += time.perf_counter() - start
+        return f"from preprocessed images kept in memory ({describe_bytes(need)})"
+
+    def _log(self, record: dict[str, Any], line: str) -> None:
+        record["line"] = line
+        self.records.append(record)
+        self.say(record)
+
+    def _feature_bytes(self, split: Any) -> int:
+        from .cache import _eval_mode
+
+        x, _ = self.val_set[0]
+        state = _rng_state()
+        try:
+            with _eval_mode(split.model), torch.no_grad(), _autocast(self.device, self.dtype):
+                out = split.prefix(torch.as_tensor(x).unsqueeze(0).to(self.device))
+        finally:
+            _set_rng_state(state)
+        return int(out[0].numel()) * torch.empty((), dtype=self.store).element_size()
+
+    def _fill(self, split: Any, view: int | None, views: int) -> Any:
+        from .cache import FeatureCache
+
+        if view is None:
+            dataset: Any = self.val_set
+            key = f"val:{len(self.val_set)}"  # type: ignore[arg-type]
+        else:
+            dataset = _SeededSamples(self.train_set, self.config.seed)
+            dataset.epoch = view  # view v = the augmentation the uncached run draws in epoch v
+            key = f"train:{len(dataset)}:seed {self.config.seed}:view {view}/{views}"
+        return FeatureCache(
+            split,
+            dataset,
+            dtype=self.store,
+            budget_bytes=2**62,  # checked by the decision, for all caches together
+            views=1,
+            batch_size=self.config.batch_size,
+            num_workers=self.config.workers,
+            seed=self.config.seed,
+            dataset_key=key,
+            device=self.device,
+        )
+
+    # -- serving -------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, first_step: int) -> bool:
+        """Whether this epoch trains from the cache (no unlock inside it)."""
+        stage = self.stage
+        if stage is None or not stage.train:
+            return False
+        plan = self.unfreezer.plan
+        last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
+        return plan.event_index(min(first_step, last)) == plan.event_index(last) == stage.index
+
+    def train_batches(self, epoch: int, order: _EpochOrder) -> Iterator[tuple[Any, Any]]:
+        """The epoch's batches (same samples, same order as the image loader) as features."""
+        assert self.stage is not None
+        cache = self.stage.train[epoch % len(self.stage.train)]
+        indices = list(order)
+        served = _FeatureBatches(cache)
+        for i in range(0, len(indices), self.config.batch_size):
+            yield served[indices[i : i + self.config.batch_size]]
+
+    def suffix(self) -> nn.Module:
+        assert self.stage is not None
+        return _Suffix(self.stage.split)
+
+    def evaluate(self, epoch: int, num_classes: int) -> dict[str, Any] | None:
+        """Evaluate from the cached features when they are still valid, else None."""
+        from torch.utils.data import BatchSampler, SequentialSampler
+
+        stage = self.stage
+        if stage is not None and stage.val is None and self.inputs is not None:
+            images = _StoredBatches(*self.inputs)
+            sampler = BatchSampler(
+                SequentialSampler(range(len(images))), self.config.batch_size, drop_last=False
+            )
+            loader = DataLoader(images, batch_size=None, sampler=sampler)
+            return _evaluate(self.unfreezer.base, loader, self.device, num_classes, self.dtype)
+        if stage is None or stage.val is None:
+            return None
+        plan = self.unfreezer.plan
+        last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
+        if plan.event_index(last) != stage.index and stage.val.stale_reason() is not None:
+            return None  # groups of the prefix were unlocked and trained during the epoch
+        sampler = BatchSampler(
+            SequentialSampler(range(len(stage.val))), self.config.batch_size, drop_last=False
+        )
+        # a DataLoader, like the image loader, so that both draw the same random numbers
+        loader = DataLoader(_FeatureBatches(stage.val), batch_size=None, sampler=sampler)
+        suffix = _Suffix(stage.split)
+        return _evaluate(suffix, loader, self.device, num_classes, self.dtype)
+
+    def nbytes(self, stage: _Stage | None) -> int:
+        """Bytes held by the caches of ``stage`` and the kept evaluation images."""
+        held = sum(t.numel() * t.element_size() for t in self.inputs or ())
+        if stage is None:
+            return int(held)
+        caches = stage.train + ([stage.val] if stage.val is not None else [])
+        return int(held + sum(c.nbytes for c in caches))
+
+    def epoch_metrics(self, cached: bool, eval_cached: bool) -> dict[str, Any]:
+        out = {
+            "cached": cached,
+            "eval_cached": eval_cached,
+            "cache_fill_s": self.fill_s,
+            "cache_bytes": self.nbytes(self.stage),
+        }
+        self.fill_s = 0.0
+        return out
+
+    def close(self) -> None:
+        self.stage = None
+        self.inputs = None
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -906,11 +1366,32 @@ def _run(
         on_event(unfreezer.plan.events[0])
     unfreezer.add_listener(on_event)
 
+    def say_cache(record: dict[str, Any]) -> None:
+        notes.append(record["line"])
+        if rank == 0:
+            print(f"layerlock finetune: {record['line']}", file=sys.stderr, flush=True)
+            with run.file(CACHE_LOG_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    caches = _Caches(
+        config,
+        unfreezer,
+        splits.train,
+        val_loader.dataset,
+        deterministic=transforms.deterministic_train or transforms.train is transforms.eval,
+        device=device,
+        dtype=dtype,
+        world=world,
+        steps_per_epoch=spe,
+        say=say_cache,
+    )
+
     show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     bar = _Progress(show, config.epochs * spe, unfreezer.global_step)
     total_params = sum(p.numel() for p in model.parameters())
     result = RunResult(run_path, classes, total_params=total_params, model=model)
     result.skipped_images = sum(len(v) for v in splits.skipped.values())
+    result.cache = caches.records
     params = list(model.parameters())
     label_smoothing = config.label_smoothing
     interrupted = False
@@ -938,16 +1419,23 @@ def _run(
             while state.evaluated < config.epochs:
                 epoch = state.evaluated
                 done_in_epoch = unfreezer.global_step - epoch * spe
+                cached = False
                 if done_in_epoch < spe:
                     order.epoch = train_data.epoch = epoch
                     order.skip = done_in_epoch * config.batch_size
+                    caches.begin_epoch(epoch, unfreezer.global_step)
+                    cached = caches.train_epoch(epoch, unfreezer.global_step)
                     unfreezer.model.train()
+                    # cached: the suffix trains on the prefix's stored output, same batches
+                    suffix = caches.suffix() if cached else None
+                    batches = caches.train_batches(epoch, order) if cached else train_loader
                     t_log, n_log = time.perf_counter(), 0
-                    for x, y in train_loader:
+                    for x, y in batches:
                         step = unfreezer.global_step
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                         with _autocast(device, dtype):
-                            logits = _logits(unfreezer.model(x)).float()
+                            net = suffix if suffix is not None else unfreezer.model
+                            logits = _logits(net(x)).float()
                         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
                         lrs = _lrs(unfreezer)
                         trained = dict(live)
@@ -1006,13 +1494,17 @@ def _run(
                         break
                 bar.describe(f"epoch {epoch + 1}/{config.epochs} evaluating")
                 t_eval = time.perf_counter()
-                ev = _evaluate(model, val_loader, device, len(classes), dtype)
+                ev = caches.evaluate(epoch, len(classes))
+                eval_cached = ev is not None
+                if ev is None:
+                    ev = _evaluate(model, val_loader, device, len(classes), dtype)
                 row = state.epoch_row(epoch + 1, unfreezer.global_step, ev, elapsed())
                 # the LRs and trainable set the epoch's last step trained with
                 row.update(state.last_lrs or _lrs(unfreezer))
                 row["trainable_params"] = state.last_trained.get("trainable", live["trainable"])
                 row["unlocked_groups"] = state.last_trained.get("groups", live["groups"])
                 row["eval_s"] = time.perf_counter() - t_eval
+                row.update(caches.epoch_metrics(cached, eval_cached))
                 logger.log_epoch(row)
                 state.finish_epoch(row, ev["per_class"])
                 save_checkpoint()
@@ -1020,6 +1512,7 @@ def _run(
             interrupted = True
         finally:
             bar.close()
+            caches.close()
 
     if interrupted:
         save_checkpoint()
@@ -1038,7 +1531,7 @@ def _run(
                 MODEL_FILE,
                 metadata={"classes": classes, "model": config.model, "schedule": config.schedule},
             )
-        run.write_json(SUMMARY_FILE, {**result.to_dict(), "notes": notes})
+        run.write_json(SUMMARY_FILE, {**result.to_dict(), "notes": notes})  # cache decisions too
         run.write_csv(
             PER_CLASS_FILE,
             [{"class": c, "accuracy": a} for c, a in result.per_class.items()],
