@@ -35,6 +35,13 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--precision": ("precision", str, "auto | fp32 | bf16"),
     "--device": ("device", str, "auto | cpu | cuda | mps"),
     "--out-dir": ("out_dir", str, "run directory (a new one: -2, -3 ... if it holds a run)"),
+    "--cache": (
+        "cache",
+        str,
+        "auto | on | off: serve the locked groups' output from a feature cache "
+        "(auto decides per stage and logs why)",
+    ),
+    "--cache-budget": ("cache_budget_mb", int, "MiB the feature cache may use (default 1024)"),
 }
 
 
@@ -77,6 +84,7 @@ def add_parser(sub: Any) -> None:
             "layerlock finetune --model open_clip:ViT-B-32 --pretrained openai --data csv \\",
             "    --train-csv train.csv --val-csv val.csv schedule=gradual layer_decay=0.75",
             "layerlock finetune --config run.yaml lr=3e-4 --epochs 20",
+            "layerlock finetune --cache on deterministic_train_transform=true  # cache the locked prefix",
             "layerlock finetune --resume runs/finetune           # continue an interrupted run",
             "torchrun --nproc_per_node 2 -m layerlock finetune --data folder --data-path data/",
         ),
