@@ -208,3 +208,15 @@ def test_resume_mid_stage_with_cache_is_exact(tmp_path: Path) -> None:
         (2, True),
         (3, False),
     ]
+
+
+def test_kept_evaluation_images_give_identical_metrics(tmp_path: Path) -> None:
+    # nothing locked: no prefix to cache, but the preprocessed evaluation images are kept
+    common = dict(schedule="full", epochs=2)
+    off = _run(tmp_path, "off", cache="off", **common)
+    auto = _run(tmp_path, "auto", cache="auto", **common)
+    assert [r["eval_images_kept"] for r in auto.epochs] == [True, True]
+    assert not any(r["cached"] or r["eval_cached"] for r in auto.epochs)
+    assert [r["val_loss"] for r in auto.epochs] == [r["val_loss"] for r in off.epochs]
+    assert "eval from preprocessed images kept in memory" in auto.cache[0]["line"]
+    assert auto.epochs[0]["cache_bytes"] > 0 and off.epochs[0]["cache_bytes"] == 0

@@ -17,6 +17,29 @@ Reproducibility and exact resume:
   ``S`` restores them and skips the first ``S mod steps_per_epoch`` batches of the epoch,
   so the resumed run follows the uninterrupted one step for step (bit-identical on CPU).
 
+Frozen-prefix feature cache (``cache=auto|on|off``, ``cache_budget_mb``, ``cache_views``,
+``cache_dtype``): at the first epoch of each schedule stage (and after a resume), with
+``b`` the lowest trainable group, the run decides once whether the locked groups ``[0, b)``
+are served from a :class:`~layerlock.cache.FeatureCache` and logs one line why (stderr,
+``cache.jsonl``, the summary's ``cache`` and ``notes``). Never cached: ``cache=off``,
+``b == 0``, a model without a split (:func:`layerlock.split.split_model`), a random prefix
+in training mode (dropout / drop-path with p > 0, BatchNorm without ``freeze_bn_stats``),
+DistributedDataParallel. ``auto`` asks :func:`~layerlock.cache.should_cache` (stage length,
+views, bytes against the budget); ``on`` caches whenever possible and otherwise trains
+uncached with the reason in its line. A cached epoch trains the suffix on stored features
+in exactly the batches the image loader would give (same :class:`_EpochOrder`), so a
+deterministic train transform gives the uncached run's weights up to float tolerance
+(bit-identical with ``cache_dtype=float32`` on CPU in the tests). With a random train
+transform the cache holds ``cache_views`` fixed views per image, view ``v`` being the
+augmentation the uncached run draws in epoch ``v``; epoch ``e`` trains on view
+``e % cache_views``. This is a deliberate change from the uncached run: from epoch
+``cache_views`` on, augmentations repeat. The evaluation images' prefix features are cached
+too; in stages where no prefix can be cached, the preprocessed evaluation images are kept
+instead (when they fit the budget). Filling never moves the run's random streams, and the
+decision depends on the plan only, so resuming a cached run is as exact as an uncached one.
+The caches live in memory and are dropped when the boundary moves or the run ends;
+a change of the locked weights, BatchNorm buffers or preprocessing refills them.
+
 Ctrl-C (SIGINT) is turned into a flag checked between steps: the run stops after the
 current step and writes a resumable checkpoint. Under ``torchrun`` every rank trains
 (DistributedDataParallel, rebuilt by the Unfreezer on each unlock) and rank 0 alone writes.
@@ -1124,8 +1147,12 @@ class _Caches:
         assert self.stage is not None
         return _Suffix(self.stage.split)
 
-    def evaluate(self, epoch: int, num_classes: int) -> dict[str, Any] | None:
-        """Evaluate from the cached features when they are still valid, else None."""
+    def evaluate(self, epoch: int, num_classes: int) -> tuple[dict[str, Any] | None, str]:
+        """Evaluate from the cached features (still valid) or the kept images.
+
+        Returns:
+            ``(metrics, "features" | "images")``, or ``(None, "")``: evaluate uncached.
+        """
         from torch.utils.data import BatchSampler, SequentialSampler
 
         stage = self.stage
@@ -1135,20 +1162,21 @@ class _Caches:
                 SequentialSampler(range(len(images))), self.config.batch_size, drop_last=False
             )
             loader = DataLoader(images, batch_size=None, sampler=sampler)
-            return _evaluate(self.unfreezer.base, loader, self.device, num_classes, self.dtype)
+            ev = _evaluate(self.unfreezer.base, loader, self.device, num_classes, self.dtype)
+            return ev, "images"
         if stage is None or stage.val is None:
-            return None
+            return None, ""
         plan = self.unfreezer.plan
         last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
         if plan.event_index(last) != stage.index and stage.val.stale_reason() is not None:
-            return None  # groups of the prefix were unlocked and trained during the epoch
+            return None, ""  # groups of the prefix were unlocked and trained during the epoch
         sampler = BatchSampler(
             SequentialSampler(range(len(stage.val))), self.config.batch_size, drop_last=False
         )
         # a DataLoader, like the image loader, so that both draw the same random numbers
         loader = DataLoader(_FeatureBatches(stage.val), batch_size=None, sampler=sampler)
         suffix = _Suffix(stage.split)
-        return _evaluate(suffix, loader, self.device, num_classes, self.dtype)
+        return _evaluate(suffix, loader, self.device, num_classes, self.dtype), "features"
 
     def nbytes(self, stage: _Stage | None) -> int:
         """Bytes held by the caches of ``stage`` and the kept evaluation images."""
@@ -1158,10 +1186,12 @@ class _Caches:
         caches = stage.train + ([stage.val] if stage.val is not None else [])
         return int(held + sum(c.nbytes for c in caches))
 
-    def epoch_metrics(self, cached: bool, eval_cached: bool) -> dict[str, Any]:
+    def epoch_metrics(self, cached: bool, eval_kind: str) -> dict[str, Any]:
+        """The epoch row's cache columns; the fill time counts since the previous row."""
         out = {
             "cached": cached,
-            "eval_cached": eval_cached,
+            "eval_cached": eval_kind == "features",
+            "eval_images_kept": eval_kind == "images",
             "cache_fill_s": self.fill_s,
             "cache_bytes": self.nbytes(self.stage),
         }
@@ -1494,8 +1524,7 @@ def _run(
                         break
                 bar.describe(f"epoch {epoch + 1}/{config.epochs} evaluating")
                 t_eval = time.perf_counter()
-                ev = caches.evaluate(epoch, len(classes))
-                eval_cached = ev is not None
+                ev, eval_kind = caches.evaluate(epoch, len(classes))
                 if ev is None:
                     ev = _evaluate(model, val_loader, device, len(classes), dtype)
                 row = state.epoch_row(epoch + 1, unfreezer.global_step, ev, elapsed())
@@ -1504,7 +1533,7 @@ def _run(
                 row["trainable_params"] = state.last_trained.get("trainable", live["trainable"])
                 row["unlocked_groups"] = state.last_trained.get("groups", live["groups"])
                 row["eval_s"] = time.perf_counter() - t_eval
-                row.update(caches.epoch_metrics(cached, eval_cached))
+                row.update(caches.epoch_metrics(cached, eval_kind))
                 logger.log_epoch(row)
                 state.finish_epoch(row, ev["per_class"])
                 save_checkpoint()
@@ -1673,6 +1702,25 @@ def summary_renderable(result: RunResult, config: FinetuneConfig) -> Any:
     ]
     if result.skipped_images:
         rows.append(("skipped images", f"{result.skipped_images} unreadable file(s) left out"))
+    if any(
+        r.get("cached") or r.get("eval_cached") or r.get("eval_images_kept") for r in result.epochs
+    ):
+        from .cache import describe_bytes
+
+        n = len(result.epochs)
+        trained = sum(bool(r.get("cached")) for r in result.epochs)
+        evaluated = sum(bool(r.get("eval_cached")) for r in result.epochs)
+        kept = sum(bool(r.get("eval_images_kept")) for r in result.epochs)
+        fill = sum(float(r.get("cache_fill_s") or 0.0) for r in result.epochs)
+        peak = max(int(r.get("cache_bytes") or 0) for r in result.epochs)
+        rows.append(
+            (
+                "feature cache",
+                f"train {trained}/{n} epochs, eval {evaluated}/{n} from features, {kept}/{n} "
+                f"from kept images; fill {fill:.1f} s, "
+                f"up to {describe_bytes(peak)} (decisions in {CACHE_LOG_FILE})",
+            )
+        )
     if result.replicas_agree is not None:
         rows.append(("DDP replicas agree", "yes" if result.replicas_agree else "NO"))
     if result.interrupted:
