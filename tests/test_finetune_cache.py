@@ -220,3 +220,33 @@ def test_kept_evaluation_images_give_identical_metrics(tmp_path: Path) -> None:
     assert [r["val_loss"] for r in auto.epochs] == [r["val_loss"] for r in off.epochs]
     assert "eval from preprocessed images kept in memory" in auto.cache[0]["line"]
     assert auto.epochs[0]["cache_bytes"] > 0 and off.epochs[0]["cache_bytes"] == 0
+
+
+def test_changed_locked_weights_refill_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import layerlock.finetune as ft
+
+    built: list[nn.Module] = []
+    original = ft.build_classifier
+
+    def capture(*args: object, **kw: object) -> object:
+        out = original(*args, **kw)  # type: ignore[arg-type]
+        built.append(out[0])
+        return out
+
+    monkeypatch.setattr(ft, "build_classifier", capture)
+
+    def poke(step: int, loss: float) -> None:
+        if step == 3:  # end of epoch 1: change a locked weight behind the run's back
+            with torch.no_grad():
+                built[0].patch_embed.proj.weight.add_(0.5)  # type: ignore[union-attr]
+
+    cfg = tiny_config(tmp_path, schedule="lp", epochs=3, cache="on", out_dir=str(tmp_path / "r"))
+    result = finetune(cfg, progress=False, on_step=poke)
+    assert [r["cached"] for r in result.epochs] == [True, True, True]
+    assert [r["cache_fill_s"] > 0 for r in result.epochs] == [True, True, False]
+    assert [d["epoch"] for d in result.cache] == [1, 2]
+    assert result.cache[1]["note"] == (
+        "refilled: the frozen prefix's weights or BatchNorm statistics changed"
+    )

@@ -874,10 +874,14 @@ class _Caches:
         plan = self.unfreezer.plan
         ei = plan.event_index(min(first_step, plan.total_steps - 1))
         if self.stage is not None and self.stage.index == ei:
-            probe = self.stage.train[:1] + ([self.stage.val] if self.stage.val else [])
-            stale = next((r for r in (c.stale_reason() for c in probe) if r), None)
+            # the views share the split and the preprocessing: checking one checks all
+            val = [self.stage.val] if self.stage.val is not None else []
+            stale = next(
+                (r for r in (c.stale_reason() for c in self.stage.train[:1] + val) if r), None
+            )
             if stale is None:
                 return
+            self.stage = None
             self.stage = self._decide(ei, epoch, first_step, f"refilled: {stale}")
             return
         dropped = None
