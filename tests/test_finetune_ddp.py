@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,12 @@ def test_two_process_ddp_run(tmp_path: Path) -> None:
         "--json",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if proc.returncode != 0 and "Signal" in proc.stderr and "LayerlockError" not in proc.stderr:
+        # A worker killed by a signal (seen once under heavy CPU contention, SIGABRT in
+        # gloo teardown) is an infrastructure failure, not a result: run it once more.
+        print(proc.stderr[-3000:], file=sys.stderr)
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["replicas_agree"] is True
