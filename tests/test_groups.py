@@ -208,3 +208,9 @@ def test_choosing_an_adapter_imports_no_optional_library() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_api_names_resolve() -> None:
+    missing = [name for name in layerlock.__all__ if not hasattr(layerlock, name)]
+    assert not missing
+    assert callable(layerlock.Unfreezer) and callable(layerlock.parse_schedule)

@@ -12,6 +12,8 @@ Example:
     ['head']
 """
 
+from .audit import audit as audit
+from .audit import fingerprint as fingerprint
 from .errors import (
     ConfigError as ConfigError,
 )
@@ -40,6 +42,10 @@ from .lock import LockReport as LockReport
 from .lock import frozen_bn_modules as frozen_bn_modules
 from .lock import lock as lock
 from .lock import unlock as unlock
+from .schedule import PRESETS as PRESETS
+from .schedule import Schedule as Schedule
+from .schedule import parse_schedule as parse_schedule
+from .unfreezer import Unfreezer as Unfreezer
 
 __version__ = "0.1.0"
 
