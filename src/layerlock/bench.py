@@ -36,9 +36,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -382,7 +384,13 @@ def _rss() -> int:
 
 
 def _peak_rss_during(fn: Callable[[], object]) -> int:
+    """Peak RSS above the current RSS while ``fn`` runs.
+
+    1 ms sampling alone misses short peaks; the kernel's lifetime maximum (``ru_maxrss``)
+    catches them whenever the step sets a new maximum for the process.
+    """
     before = _rss()
+    max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak = [before]
     stop = threading.Event()
 
@@ -399,6 +407,9 @@ def _peak_rss_during(fn: Callable[[], object]) -> int:
         stop.set()
         t.join()
     peak[0] = max(peak[0], _rss())
+    max_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if max_after > max_before:  # the step set a new lifetime maximum: that is its peak
+        peak[0] = max(peak[0], max_after * 1024)
     return peak[0] - before
 
 
@@ -412,9 +423,13 @@ def _child_memory(spec: dict[str, Any]) -> dict[str, int | None]:
     trainable = frozenset(spec["trainable"])
     method = spec["method"]
     runner = _Runner(base, trainable, x, y)
-    # Keep only what this method needs so the other copy's pages are not counted.
-    if method != "layerlock":
+    # Keep only what this method needs, and free the rest in every case alike: freed
+    # pages are reused by the allocator, so freeing for one method only would favour it.
+    if method == "layerlock":
+        del runner.hand_model, runner.hand_opt, runner.split, runner.features
+    else:
         del runner.unfreezer, runner.ll_model
+    gc.collect()
     fn = getattr(runner, method)
     if method == "cached" and runner.split is None:
         return {method: None}
