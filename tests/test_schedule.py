@@ -399,3 +399,26 @@ def test_schedule_is_frozen_data() -> None:
     with pytest.raises(AttributeError):
         s.preset = "full"  # type: ignore[misc]
     assert hash(s) == hash(Schedule.parse("lp-ft"))
+
+
+def test_syntax_and_fit_problems_are_reported_together() -> None:
+    import timm
+
+    from layerlock import layer_groups
+    from layerlock.errors import ScheduleError
+    from layerlock.schedule import resolve_schedule
+    from layerlock.unfreezer import Unfreezer
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    groups = layer_groups(model)
+    for call in (
+        lambda: resolve_schedule("0:1, 0:99, 2:blok.*", groups, epochs=4),
+        lambda: Unfreezer(model, "0:1, 0:99, 2:blok.*", epochs=4, steps_per_epoch=1),
+    ):
+        with pytest.raises(ScheduleError) as exc:
+            call()
+        lines = str(exc.value).splitlines()[1:]
+        assert len(lines) == 3
+        assert "times must increase strictly" in lines[0]
+        assert "k=99 is out of range" in lines[1]
+        assert "'blok.*' matches no group" in lines[2]

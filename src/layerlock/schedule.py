@@ -60,6 +60,7 @@ __all__ = [
     "Stage",
     "UnlockEvent",
     "parse_schedule",
+    "resolve_schedule",
 ]
 
 Unit = Literal["epoch", "step"]
@@ -328,6 +329,55 @@ def parse_schedule(text: str | Schedule | Mapping[int, int | str]) -> Schedule:
     """
     if isinstance(text, Schedule):
         return text
+    problems: list[str] = []
+    sched, raw = _parse(text, problems)
+    if problems:
+        raise ScheduleError(_join(f"schedule {raw!r} is not valid", problems))
+    return sched
+
+
+def resolve_schedule(
+    text: str | Schedule | Mapping[int, int | str],
+    groups: LayerGroups,
+    epochs: int,
+    steps_per_epoch: int = 1,
+    *,
+    tower: str | None = None,
+) -> ResolvedSchedule:
+    """Parse and fit a schedule to a model in one go, reporting every problem at once.
+
+    Unlike ``parse_schedule(text).resolve(...)``, syntax problems (times out of order, bad
+    entries, unknown presets) and problems with this model (k out of range, unknown group
+    names) come back together in one :class:`ScheduleError`.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from layerlock import layer_groups
+        >>> groups = layer_groups(nn.Sequential(*[nn.Linear(2, 2) for _ in range(4)]))
+        >>> resolve_schedule("0:1, 0:9, 2:x*", groups, epochs=4)
+        Traceback (most recent call last):
+        ...
+        layerlock.errors.ScheduleError: schedule '0:1, 0:9, 2:x*' is not valid for this model:
+          times must increase strictly: epoch 0 follows epoch 0
+          k=9 is out of range: this model has 4 groups (k = 0..4, or 'all')
+          pattern 'x*' matches no group; groups: 0, 1, 2, 3
+    """
+    if isinstance(text, Schedule):
+        return text.resolve(groups, epochs, steps_per_epoch, tower=tower)
+    problems: list[str] = []
+    sched, raw = _parse(text, problems)
+    if problems:
+        if sched.preset is None:
+            pool = _pool(groups, tower, problems)
+            if pool:
+                for st in sched.stages:
+                    _resolve_value(st.unlocked, groups, pool, tower, problems)
+        raise ScheduleError(_join(f"schedule {raw!r} is not valid for this model", problems))
+    return sched.resolve(groups, epochs, steps_per_epoch, tower=tower)
+
+
+def _parse(text: str | Mapping[int, int | str], problems: list[str]) -> tuple[Schedule, str]:
+    """Parse leniently: append problems, return what could be read."""
     if isinstance(text, Mapping):
         items = sorted(text.items())
         text = ", ".join(f"{k}:{v}" for k, v in items)
@@ -338,19 +388,14 @@ def parse_schedule(text: str | Schedule | Mapping[int, int | str]) -> Schedule:
         )
     raw = text
     text = text.strip()
-    problems: list[str] = []
     if not text:
         raise ScheduleError(
             "the schedule is empty; give stages such as '0:1, 2:all' or a preset: "
             + ", ".join(PRESETS)
         )
     if not text[0].isdigit() and not (text[0] == "s" and text[1:2].isdigit()) and text[0] != "-":
-        sched = _parse_preset(text, problems)
-    else:
-        sched = _parse_stages(text, problems)
-    if problems:
-        raise ScheduleError(_join(f"schedule {raw!r} is not valid", problems))
-    return sched
+        return _parse_preset(text, problems), raw
+    return _parse_stages(text, problems), raw
 
 
 def _join(head: str, problems: list[str]) -> str:

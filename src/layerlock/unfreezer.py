@@ -66,7 +66,7 @@ from .optim import (
     no_weight_decay_names,
     param_groups,
 )
-from .schedule import ResolvedSchedule, Schedule, UnlockEvent, parse_schedule
+from .schedule import ResolvedSchedule, Schedule, UnlockEvent, resolve_schedule
 
 __all__ = ["Unfreezer"]
 
@@ -153,10 +153,10 @@ class Unfreezer:
                 "DistributedDataParallel wrapper itself; use ddp_kwargs for its options"
             )
         self.groups = groups if groups is not None else layer_groups(self.base, coarse)
-        self.schedule = parse_schedule(schedule)
-        self.plan: ResolvedSchedule = self.schedule.resolve(
-            self.groups, epochs, steps_per_epoch, tower=tower
+        self.plan: ResolvedSchedule = resolve_schedule(
+            schedule, self.groups, epochs, steps_per_epoch, tower=tower
         )
+        self.schedule = self.plan.schedule
         self.lr_schedule = LRSchedule(
             lr=lr,
             total_steps=self.plan.total_steps,

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import ConfigError, ScheduleError
 from ..groups import layer_groups
 from ..optim import group_multipliers
-from ..schedule import PRESETS, ResolvedSchedule, parse_schedule
+from ..schedule import PRESETS, ResolvedSchedule, parse_schedule, resolve_schedule
 from . import examples
 
 __all__ = ["add_parser", "plan_data", "render_png", "run"]
@@ -179,17 +179,19 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--steps-per-epoch must be >= 1, got {args.steps_per_epoch}")
     if args.out is not None and args.out.suffix.lower() != ".png":
         problems.append(f"--out must name a .png file, got {str(args.out)!r}")
-    try:
-        schedule = parse_schedule(args.schedule)
-    except ScheduleError as exc:
-        if not problems:
-            raise
-        raise ConfigError("; ".join([*problems, str(exc)])) from exc
     if problems:
+        try:
+            parse_schedule(args.schedule)
+        except ScheduleError as exc:
+            problems.append(str(exc))
         raise ConfigError("; ".join(problems))
     model = build_model(args.model, pretrained=args.pretrained)
     groups = layer_groups(model, args.coarse)
-    plan = schedule.resolve(groups, args.epochs, args.steps_per_epoch, tower=args.tower)
+    # syntax and fit problems together, one per line
+    plan = resolve_schedule(
+        args.schedule, groups, args.epochs, args.steps_per_epoch, tower=args.tower
+    )
+    schedule = plan.schedule
     mult = group_multipliers(
         groups, layer_decay=args.layer_decay, discriminative=args.discriminative
     )
