@@ -557,22 +557,35 @@ def _hf_data_config(model: nn.Module) -> dict[str, Any] | None:
     return {"input_size": (int(config.num_channels), *size)}
 
 
+def _open_clip_cfg(visual: nn.Module) -> Any:
+    from open_clip import transform as oct
+
+    cfg = getattr(visual, "preprocess_cfg", None)
+    if cfg:
+        return oct.PreprocessCfg(**cfg)
+    size = visual.image_size
+    return oct.PreprocessCfg(size=tuple(size) if isinstance(size, (tuple, list)) else size)
+
+
+def open_clip_preprocess(
+    visual: nn.Module, augmentation: dict[str, Any] | None = None
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """OpenCLIP's own (train, eval) transforms for an image tower, from its preprocess config."""
+    from open_clip import transform as oct
+
+    pcfg = _open_clip_cfg(visual)
+    train = oct.image_transform_v2(pcfg, is_train=True, aug_cfg=augmentation or None)
+    return train, oct.image_transform_v2(pcfg, is_train=False)
+
+
 def _open_clip_transforms(
     model: nn.Module, augmentation: dict[str, Any] | None
 ) -> Transforms | None:
     visual = getattr(model, "visual", None)
     if visual is None or not type(model).__module__.startswith("open_clip"):
         return None
-    from open_clip import transform as oct
-
-    cfg = getattr(visual, "preprocess_cfg", None)
-    if cfg:
-        pcfg = oct.PreprocessCfg(**cfg)
-    else:
-        size = visual.image_size
-        pcfg = oct.PreprocessCfg(size=tuple(size) if isinstance(size, (tuple, list)) else size)
-    train = oct.image_transform_v2(pcfg, is_train=True, aug_cfg=augmentation or None)
-    evaluation = oct.image_transform_v2(pcfg, is_train=False)
+    pcfg = _open_clip_cfg(visual)
+    train, evaluation = open_clip_preprocess(visual, augmentation)
     data_config = {"input_size": (3, *_pair(pcfg.size)), "mean": pcfg.mean, "std": pcfg.std}
     return Transforms(train, evaluation, "RGB", data_config)
 

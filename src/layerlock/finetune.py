@@ -345,22 +345,6 @@ def _load_checkpoint_into(model: nn.Module, path: str, groups: LayerGroups | Non
     return f"weights loaded from {path}{fresh}"
 
 
-def _open_clip_preprocess(
-    visual: nn.Module, augmentation: dict[str, Any] | None
-) -> tuple[Any, Any]:
-    """OpenCLIP's own train / eval transforms for an image tower (its preprocess config)."""
-    from open_clip import transform as oct
-
-    cfg = getattr(visual, "preprocess_cfg", None)
-    if cfg:
-        pcfg = oct.PreprocessCfg(**cfg)
-    else:
-        size = visual.image_size
-        pcfg = oct.PreprocessCfg(size=tuple(size) if isinstance(size, (tuple, list)) else size)
-    train = oct.image_transform_v2(pcfg, is_train=True, aug_cfg=augmentation or None)
-    return train, oct.image_transform_v2(pcfg, is_train=False)
-
-
 def _logits(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
@@ -1262,7 +1246,7 @@ def _run(
     progress: bool | None,
     on_step: Callable[[int, float], None] | None,
 ) -> RunResult:
-    from .data import Transforms, load_splits, model_transforms
+    from .data import Transforms, load_splits, model_transforms, open_clip_preprocess
 
     checkpoint: dict[str, Any] | None = None
     if config.resume:
@@ -1311,7 +1295,7 @@ def _run(
     model, notes, groups = build_classifier(config, classes)
     if isinstance(model, OpenCLIPClassifier):
         transforms = model_transforms(
-            preprocess=_open_clip_preprocess(model.visual, config.augmentation),
+            preprocess=open_clip_preprocess(model.visual, config.augmentation),
             deterministic_train=config.deterministic_train_transform,
         )
     else:
