@@ -42,6 +42,8 @@ from .lock import LockReport as LockReport
 from .lock import frozen_bn_modules as frozen_bn_modules
 from .lock import lock as lock
 from .lock import unlock as unlock
+from .optim import create_optimizer as create_optimizer
+from .options import UnfreezeOptions as UnfreezeOptions
 from .schedule import PRESETS as PRESETS
 from .schedule import Schedule as Schedule
 from .schedule import parse_schedule as parse_schedule
@@ -60,10 +62,12 @@ __all__ = [
     "PartitionError",
     "Schedule",
     "ScheduleError",
+    "UnfreezeOptions",
     "Unfreezer",
     "UnknownGroupError",
     "UnknownModelError",
     "audit",
+    "create_optimizer",
     "fingerprint",
     "frozen_bn_modules",
     "layer_groups",

@@ -40,20 +40,24 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from .adapters import MODEL_LEVEL
 from .errors import ConfigError
-from .groups import LayerGroups
+from .groups import LayerGroups, layer_groups
 from .lock import is_bias, is_norm
+from .options import UnfreezeOptions, resolve_options
 
 __all__ = [
     "NO_DECAY_SUFFIX",
     "LRSchedule",
+    "OptimizerFactory",
+    "create_optimizer",
     "group_multipliers",
     "layer_group_of",
     "no_weight_decay_names",
@@ -62,6 +66,9 @@ __all__ = [
 
 #: Suffix of the param group holding a layer group's parameters without weight decay.
 NO_DECAY_SUFFIX = "/no_decay"
+
+#: Builds an optimizer from param-group dicts (``torch.optim.AdamW`` is one).
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
 
 def layer_group_of(param_group_name: str) -> str:
@@ -213,6 +220,73 @@ def param_groups(
                     }
                 )
     return out
+
+
+def create_optimizer(
+    model: nn.Module,
+    options: UnfreezeOptions | None = None,
+    *,
+    groups: LayerGroups | None = None,
+    factory: OptimizerFactory | None = None,
+    **option_overrides: Any,
+) -> torch.optim.Optimizer:
+    """An optimizer over every layer group of ``model`` (locked ones too), as named groups.
+
+    Build it before training and keep it: groups unlocked later are already in it, so LR
+    schedulers and checkpoints never see param groups appear. Locked parameters have
+    ``.grad`` None, which every torch optimizer skips (no weight decay, no momentum).
+    The param groups come from :func:`param_groups` with the options' ``lr``,
+    ``weight_decay``, ``layer_decay``, ``discriminative`` and ``no_weight_decay``: the
+    rules the :class:`~layerlock.unfreezer.Unfreezer` applies by group name.
+
+    Args:
+        model: The model (unwrapped).
+        options: Unfreezing options (default: :class:`~layerlock.options.UnfreezeOptions`
+            defaults); only the optimizer fields above and ``coarse`` are used here.
+        groups: Layer groups computed earlier (else :func:`~layerlock.groups.layer_groups`
+            with ``options.coarse``).
+        factory: Called with the param-group dicts; default ``torch.optim.AdamW``.
+        **option_overrides: :class:`~layerlock.options.UnfreezeOptions` fields replacing
+            those of ``options`` (``lr=3e-4``, ``layer_decay=0.75`` ...).
+
+    Returns:
+        The optimizer; its param groups are named after the layer groups (plus a
+        ``"<group>/no_decay"`` group each where some parameters take no weight decay).
+
+    Raises:
+        ConfigError: Invalid options (all listed), an unknown option name, or a factory
+            that does not return a ``torch.optim.Optimizer``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> opt = create_optimizer(model, lr=0.1, layer_decay=0.5)
+        >>> [(pg["name"], pg["lr"]) for pg in opt.param_groups]
+        [('0', 0.05), ('0/no_decay', 0.05), ('1', 0.1), ('1/no_decay', 0.1)]
+    """
+    opts = resolve_options(options, **option_overrides)
+    groups = groups if groups is not None else layer_groups(model, opts.coarse)
+    pgs = param_groups(
+        groups,
+        lr=opts.lr,
+        weight_decay=opts.weight_decay,
+        layer_decay=opts.layer_decay,
+        discriminative=opts.discriminative,
+        no_weight_decay=opts.no_weight_decay,
+    )
+    if factory is None:
+        return torch.optim.AdamW(pgs, lr=opts.lr, weight_decay=opts.weight_decay)
+    if not callable(factory):
+        raise ConfigError(
+            f"factory must be a callable taking param groups (torch.optim.AdamW, "
+            f"functools.partial(torch.optim.SGD, momentum=0.9) ...), got {type(factory).__name__}"
+        )
+    built = factory(pgs)
+    if not isinstance(built, torch.optim.Optimizer):
+        raise ConfigError(
+            f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer"
+        )
+    return built
 
 
 @dataclass(frozen=True)

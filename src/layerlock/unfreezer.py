@@ -3,7 +3,7 @@
 Design decisions (each one tested):
 
 - **All groups live in the optimizer from the start.** Param groups are named after the
-  layer groups (:func:`layerlock.optim.param_groups`); nothing is added or removed on an
+  layer groups (:func:`layerlock.optim.create_optimizer`); nothing is added or removed on an
   unlock, so LR schedulers, checkpoints and param-group positions never shift. A
   handed-in optimizer that lacks some parameters (one built from the trainable
   parameters only, like Hugging Face Trainer's) gets them added once, at construction,
@@ -48,7 +48,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,16 +61,16 @@ from .lock import lock
 from .optim import (
     NO_DECAY_SUFFIX,
     LRSchedule,
+    OptimizerFactory,
+    create_optimizer,
     group_multipliers,
     layer_group_of,
     no_weight_decay_names,
-    param_groups,
 )
+from .options import UnfreezeOptions, resolve_options
 from .schedule import ResolvedSchedule, Schedule, UnlockEvent, resolve_schedule
 
 __all__ = ["Unfreezer"]
-
-OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 _STATE_VERSION = 1
 
 
@@ -84,67 +84,44 @@ class Unfreezer:
 
     Args:
         model: The model (unwrapped; a DDP wrapper is built here when ``ddp``).
-        schedule: A Schedule or its text (``"lp-ft"``, ``"0:1, 2:all"`` ...).
+        options: :class:`~layerlock.options.UnfreezeOptions` (schedule, LRs, weight
+            decay, BatchNorm, towers ...), or just a schedule (a Schedule or its text:
+            ``"lp-ft"``, ``"0:1, 2:all"`` ...) with the other options at their defaults.
         epochs: Length of the run in epochs.
         steps_per_epoch: Optimizer steps per epoch (``len(loader)`` with gradient
             accumulation accounted for).
-        optimizer: None (AdamW over :func:`~layerlock.optim.param_groups`), a factory
-            called with those param groups, or an optimizer built elsewhere (its LRs are
-            managed only when its param groups carry layerlock names).
-        lr: Base LR (the head's).
-        weight_decay: Weight decay (not applied to biases, norms, 1-D parameters and
-            ``no_weight_decay()`` names).
-        layer_decay: Layer-wise LR decay per group from the top (1 = off).
-        discriminative: ULMFiT factor: each lower group's LR divided by it (1 = off).
-        no_weight_decay: Extra parameter names or globs without weight decay.
-        warmup_steps: Linear warm-up of the main LR schedule.
-        lr_schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` after the warm-up.
-        min_lr_ratio: Floor of the main schedule as a fraction of the peak.
-        unlock_warmup_steps: Ramp length for a group unlocked after step 0.
-        unlock_warmup_start: Fraction of its LR such a group starts at.
-        freeze_bn_stats: BatchNorm in locked groups uses (and keeps) its running stats.
-        train_norm: Normalisation parameters of locked groups keep training.
-        train_bias: Bias terms of locked groups keep training.
-        tower: Apply the schedule to one tower of a multi-tower model.
-        groups: Layer groups computed earlier (else :func:`layer_groups`).
-        coarse: Use the coarse grouping when computing groups here.
-        reset_state_on_unlock: Drop a group's optimizer state when it is unlocked.
+        optimizer: None (:func:`~layerlock.optim.create_optimizer`: AdamW over every
+            layer group), a factory called with those param groups, or an optimizer built
+            elsewhere (its LRs are managed only when its param groups carry layerlock
+            names; parameters it lacks are added as named groups).
+        groups: Layer groups computed earlier (else :func:`layer_groups` with
+            ``options.coarse``).
         ddp: Wrap in DistributedDataParallel and rebuild it on every change (default:
             when a multi-rank process group is initialised).
         ddp_kwargs: Passed to DistributedDataParallel.
+        **option_overrides: :class:`~layerlock.options.UnfreezeOptions` fields that
+            replace those of ``options`` (``lr=3e-4``, ``weight_decay=0.0`` ...).
+
+    Attributes:
+        options: The validated options the Unfreezer runs with.
 
     Raises:
-        ConfigError: Invalid values, listed together.
+        ConfigError: Invalid values (listed together) or an unknown option name.
         ScheduleError: A schedule that does not parse or fit the model.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        schedule: str | Schedule,
+        options: UnfreezeOptions | str | Schedule | None = None,
         *,
         epochs: int,
         steps_per_epoch: int,
         optimizer: torch.optim.Optimizer | OptimizerFactory | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        layer_decay: float = 1.0,
-        discriminative: float = 1.0,
-        no_weight_decay: Iterable[str] = (),
-        warmup_steps: int = 0,
-        lr_schedule: str = "cosine",
-        min_lr_ratio: float = 0.0,
-        unlock_warmup_steps: int = 0,
-        unlock_warmup_start: float = 0.1,
-        freeze_bn_stats: bool = False,
-        train_norm: bool = False,
-        train_bias: bool = False,
-        tower: str | None = None,
         groups: LayerGroups | None = None,
-        coarse: bool = False,
-        reset_state_on_unlock: bool = False,
         ddp: bool | None = None,
         ddp_kwargs: dict[str, Any] | None = None,
+        **option_overrides: Any,
     ) -> None:
         self.base = unwrap(model)
         if self.base is not model and isinstance(model, nn.parallel.DistributedDataParallel):
@@ -152,41 +129,41 @@ class Unfreezer:
                 "pass the unwrapped model: the Unfreezer builds (and rebuilds) the "
                 "DistributedDataParallel wrapper itself; use ddp_kwargs for its options"
             )
-        self.groups = groups if groups is not None else layer_groups(self.base, coarse)
+        opts = resolve_options(options, **option_overrides)
+        self.options = opts
+        self.groups = groups if groups is not None else layer_groups(self.base, opts.coarse)
         self.plan: ResolvedSchedule = resolve_schedule(
-            schedule, self.groups, epochs, steps_per_epoch, tower=tower
+            opts.schedule, self.groups, epochs, steps_per_epoch, tower=opts.tower
         )
         self.schedule = self.plan.schedule
         self.lr_schedule = LRSchedule(
-            lr=lr,
+            lr=opts.lr,
             total_steps=self.plan.total_steps,
-            warmup_steps=warmup_steps,
-            kind=lr_schedule,  # type: ignore[arg-type]
-            min_lr_ratio=min_lr_ratio,
-            unlock_warmup_steps=unlock_warmup_steps,
-            unlock_warmup_start=unlock_warmup_start,
+            warmup_steps=opts.warmup_steps,
+            kind=opts.lr_schedule,  # type: ignore[arg-type]
+            min_lr_ratio=opts.min_lr_ratio,
+            unlock_warmup_steps=opts.unlock_warmup_steps,
+            unlock_warmup_start=opts.unlock_warmup_start,
         )
         self.multipliers = group_multipliers(
-            self.groups, layer_decay=layer_decay, discriminative=discriminative
+            self.groups, layer_decay=opts.layer_decay, discriminative=opts.discriminative
         )
-        self.tower = tower
-        self.freeze_bn_stats = freeze_bn_stats
-        self.train_norm = train_norm
-        self.train_bias = train_bias
-        self.reset_state_on_unlock = reset_state_on_unlock
+        self.tower = opts.tower
+        self.freeze_bn_stats = opts.freeze_bn_stats
+        self.train_norm = opts.train_norm
+        self.train_bias = opts.train_bias
+        self.reset_state_on_unlock = opts.reset_state_on_unlock
         self._index = {g.name: g.index for g in self.groups}
-        self._no_wd = list(no_weight_decay)
-        self.weight_decay = weight_decay
-        self.optimizer = self._build_optimizer(
-            optimizer, lr, weight_decay, layer_decay, discriminative
-        )
+        self._no_wd = list(opts.no_weight_decay)
+        self.weight_decay = opts.weight_decay
+        self.optimizer = self._build_optimizer(optimizer)
         names = [pg.get("name") for pg in self.optimizer.param_groups]
         #: Whether the Unfreezer sets the LR of each param group (named groups only).
         self.manage_lr = all(isinstance(n, str) and layer_group_of(n) in self._index for n in names)
         if not self.manage_lr:
             warnings.warn(
                 "the optimizer's param groups do not carry layerlock group names "
-                "(build them with layerlock.optim.param_groups): the Unfreezer will lock and "
+                "(build it with layerlock.create_optimizer): the Unfreezer will lock and "
                 "unlock but leave learning rates to you",
                 stacklevel=2,
             )
@@ -205,41 +182,20 @@ class Unfreezer:
 
     # -- construction ------------------------------------------------------------------
     def _build_optimizer(
-        self,
-        optimizer: torch.optim.Optimizer | OptimizerFactory | None,
-        lr: float,
-        weight_decay: float,
-        layer_decay: float,
-        discriminative: float,
+        self, optimizer: torch.optim.Optimizer | OptimizerFactory | None
     ) -> torch.optim.Optimizer:
         if isinstance(optimizer, torch.optim.Optimizer):
-            self._add_missing(optimizer, lr, weight_decay)
+            self._add_missing(optimizer)
             return optimizer
-        pgs = param_groups(
-            self.groups,
-            lr=lr,
-            weight_decay=weight_decay,
-            layer_decay=layer_decay,
-            discriminative=discriminative,
-            no_weight_decay=self._no_wd,
-        )
-        if optimizer is None:
-            return torch.optim.AdamW(pgs, lr=lr, weight_decay=weight_decay)
-        if not callable(optimizer):
+        if optimizer is not None and not callable(optimizer):
             raise ConfigError(
                 f"optimizer must be None, a torch.optim.Optimizer or a factory "
                 f"taking param groups, got {type(optimizer).__name__}"
             )
-        built = optimizer(pgs)
-        if not isinstance(built, torch.optim.Optimizer):
-            raise ConfigError(
-                f"the optimizer factory returned {type(built).__name__}, not an Optimizer"
-            )
-        return built
+        return create_optimizer(self.base, self.options, groups=self.groups, factory=optimizer)
 
-    def _add_missing(
-        self, optimizer: torch.optim.Optimizer, lr: float, weight_decay: float
-    ) -> None:
+    def _add_missing(self, optimizer: torch.optim.Optimizer) -> None:
+        lr, weight_decay = self.options.lr, self.options.weight_decay
         held = {id(p) for pg in optimizer.param_groups for p in pg["params"]}
         taken = {pg.get("name") for pg in optimizer.param_groups}
         skip = no_weight_decay_names(self.base, self._no_wd)
@@ -253,7 +209,7 @@ class Unfreezer:
                 if name in taken:
                     raise ConfigError(
                         f"the optimizer has a param group named {name!r} that lacks some of "
-                        "that layer group's parameters; build it with layerlock.optim.param_groups"
+                        "that layer group's parameters; build it with layerlock.create_optimizer"
                     )
                 mult = self.multipliers[g.name]
                 optimizer.add_param_group(

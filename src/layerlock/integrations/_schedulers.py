@@ -2,7 +2,7 @@
 
 torch's schedulers keep one entry per param group (``base_lrs``, ``lr_lambdas``,
 ``_last_lr``) and, since torch 2.x, fail on the next ``step()`` when the optimizer has
-more groups than that (``zip(..., strict=True)``; Lightning #8720). The integrations add
+more groups than that (``zip(..., strict=True)``). The integrations add
 the parameters a framework's optimizer lacks once, before training, and call
 :func:`extend_scheduler` so the new groups follow the same schedule as the first one.
 """
@@ -47,7 +47,7 @@ def extend_scheduler(scheduler: Any, added: list[dict[str, Any]], before: int) -
         raise ConfigError(
             f"cannot add param groups to the optimizer of {type(inner).__name__}: it keeps "
             f"per-group state {unknown or ['(no base_lrs)']}; build the optimizer from all "
-            "parameters (layerlock.optim.param_groups) so nothing has to be added"
+            "parameters (layerlock.create_optimizer) so nothing has to be added"
         )
     for pg in added:
         pg.setdefault("initial_lr", pg["lr"])

@@ -16,8 +16,8 @@ so anything unfrozen later is never optimised - silently. Two ways to fix it:
 
 The callback applies the schedule in ``on_epoch_begin`` and ``on_step_begin`` at
 ``state.global_step`` (optimizer steps), which also makes ``resume_from_checkpoint``
-unlock the right groups. With ``lr`` set and an optimizer from
-:func:`layerlock_optimizer`, it sets every group's LR each step by layerlock's formula
+unlock the right groups. With an ``lr`` keyword (or ``manage_lr=True``) and an optimizer
+from :func:`layerlock_optimizer`, it sets every group's LR each step by layerlock's formula
 (Trainer's ``lr_scheduler_type`` is then overridden).
 
 Multi-process runs (``torchrun`` / ``accelerate launch``): Trainer's DDP wrapper is
@@ -39,9 +39,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -58,9 +58,11 @@ except ImportError as exc:  # pragma: no cover - exercised with the module hidde
     ) from exc
 
 from ..groups import LayerGroups, layer_groups
-from ..optim import param_groups
-from ..schedule import Schedule, parse_schedule
+from ..optim import create_optimizer
+from ..options import UnfreezeOptions, resolve_options
+from ..schedule import Schedule
 from ..unfreezer import Unfreezer
+from ._options import callback_options
 from ._schedulers import extend_scheduler
 
 __all__ = ["LayerlockTrainerCallback", "layerlock_optimizer"]
@@ -68,37 +70,33 @@ __all__ = ["LayerlockTrainerCallback", "layerlock_optimizer"]
 
 def layerlock_optimizer(
     model: nn.Module,
+    options: UnfreezeOptions | None = None,
     *,
-    lr: float,
-    weight_decay: float = 0.0,
-    layer_decay: float = 1.0,
-    discriminative: float = 1.0,
-    no_weight_decay: Iterable[str] = (),
     groups: LayerGroups | None = None,
-    coarse: bool = False,
-    **adamw_kwargs: Any,
+    **kwargs: Any,
 ) -> torch.optim.AdamW:
-    """AdamW over every layer group of ``model`` (locked or not), as named param groups.
+    """AdamW over every layer group of ``model`` (locked or not), for Trainer.
 
-    Pass it to Trainer as ``optimizers=(layerlock_optimizer(model, lr=...), None)`` so
-    groups unlocked later are optimised.
+    A thin wrapper of :func:`layerlock.create_optimizer` that also passes AdamW's own
+    keywords through. Give it to Trainer as
+    ``optimizers=(layerlock_optimizer(model, lr=...), None)`` so groups unlocked later are
+    optimised.
 
     Args:
         model: The model (Trainer's ``model``).
-        lr: Base LR (the head's); lower groups get ``layer_decay`` / ``discriminative``
-            multipliers.
-        weight_decay: Weight decay (not for biases, norms, 1-D parameters and
-            ``no_weight_decay()`` names).
-        layer_decay: Layer-wise LR decay per group from the top (1 = off).
-        discriminative: ULMFiT factor per group (1 = off).
-        no_weight_decay: Extra parameter names or globs without weight decay.
+        options: Unfreezing options (defaults when None); the optimizer fields are used.
         groups: Layer groups computed earlier (else :func:`layerlock.layer_groups`).
-        coarse: Use the coarse grouping when computing groups here.
-        **adamw_kwargs: Passed to ``torch.optim.AdamW`` (``betas``, ``eps`` ...).
+        **kwargs: :class:`~layerlock.options.UnfreezeOptions` fields (``lr``,
+            ``weight_decay``, ``layer_decay``, ``discriminative``, ``no_weight_decay``,
+            ``coarse`` ...), and anything else for ``torch.optim.AdamW`` (``betas``,
+            ``eps`` ...).
 
     Returns:
         The optimizer; param group names are the layer group names (plus
         ``/no_decay`` groups).
+
+    Raises:
+        ConfigError: Invalid option values.
 
     Example:
         >>> import torch
@@ -106,43 +104,42 @@ def layerlock_optimizer(
         >>> len(layerlock_optimizer(model, lr=1e-3).param_groups)
         4
     """
-    groups = groups if groups is not None else layer_groups(model, coarse)
-    pgs = param_groups(
-        groups,
-        lr=lr,
-        weight_decay=weight_decay,
-        layer_decay=layer_decay,
-        discriminative=discriminative,
-        no_weight_decay=list(no_weight_decay),
+    names = UnfreezeOptions.field_names()
+    overrides = {k: v for k, v in kwargs.items() if k in names}
+    adamw = {k: v for k, v in kwargs.items() if k not in names}
+    opts = resolve_options(options, **overrides)
+    built = create_optimizer(
+        model,
+        opts,
+        groups=groups,
+        factory=functools.partial(
+            torch.optim.AdamW, lr=opts.lr, weight_decay=opts.weight_decay, **adamw
+        ),
     )
-    return torch.optim.AdamW(pgs, lr=lr, weight_decay=weight_decay, **adamw_kwargs)
+    return built  # type: ignore[return-value]
 
 
 class LayerlockTrainerCallback(TrainerCallback):
     """Run a layerlock schedule inside ``transformers.Trainer``.
 
     Args:
-        schedule: A Schedule or its text (``"lp-ft"``, ``"gradual"``, ``"0:1, 2:all"``,
-            ``"s0:1, s100:all"`` ...); steps are optimizer steps
-            (``state.global_step``), epochs Trainer's epochs.
-        lr: None: Trainer's scheduler owns the LRs. A float: base (head) LR of
-            layerlock's per-group formula, set every step (needs the optimizer from
-            :func:`layerlock_optimizer`).
-        weight_decay: Weight decay of param groups added to Trainer's optimizer (default:
-            ``args.weight_decay``).
-        layer_decay: Layer-wise LR decay (with ``lr``).
-        discriminative: ULMFiT factor (with ``lr``).
-        warmup_steps: Warm-up of the main LR schedule (with ``lr``).
-        lr_schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` (with ``lr``).
-        min_lr_ratio: Floor of the main LR schedule (with ``lr``).
-        unlock_warmup_steps: LR ramp for a group unlocked after step 0 (with ``lr``).
-        unlock_warmup_start: Fraction of its LR such a group starts at (with ``lr``).
-        freeze_bn_stats: BatchNorm in locked groups keeps its running statistics.
-        train_norm: Normalisation parameters of locked groups keep training.
-        train_bias: Bias terms of locked groups keep training.
-        tower: Apply the schedule to one tower of a multi-tower model.
-        coarse: Use the coarse grouping.
-        reset_state_on_unlock: Drop a group's optimizer state when it is unlocked.
+        options: :class:`~layerlock.options.UnfreezeOptions`, or just a schedule (a
+            Schedule or its text: ``"lp-ft"``, ``"gradual"``, ``"0:1, 2:all"``,
+            ``"s0:1, s100:all"`` ...); steps are optimizer steps (``state.global_step``),
+            epochs Trainer's epochs. Its ``weight_decay`` applies to param groups added to
+            Trainer's optimizer (pass ``weight_decay=args.weight_decay`` to match
+            Trainer's own groups); the LR fields apply only when layerlock sets the LRs.
+        manage_lr: Set every group's LR each step by layerlock's formula (needs the
+            optimizer from :func:`layerlock_optimizer`; Trainer's ``lr_scheduler_type``
+            is then overridden). Default: when an ``lr`` keyword is given; otherwise
+            Trainer's scheduler owns the LRs.
+        **option_overrides: :class:`~layerlock.options.UnfreezeOptions` fields replacing
+            those of ``options`` (``lr=1e-3``, ``layer_decay=0.75`` ...). ``lr=None``
+            means not given.
+
+    Attributes:
+        options: The validated options.
+        lr: The base LR when the callback sets LRs, else None.
 
     Raises:
         ScheduleError: The schedule text does not parse (here) or does not fit the
@@ -152,44 +149,16 @@ class LayerlockTrainerCallback(TrainerCallback):
 
     def __init__(
         self,
-        schedule: str | Schedule,
+        options: UnfreezeOptions | str | Schedule | None = None,
         *,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        layer_decay: float = 1.0,
-        discriminative: float = 1.0,
-        warmup_steps: int = 0,
-        lr_schedule: str = "cosine",
-        min_lr_ratio: float = 0.0,
-        unlock_warmup_steps: int = 0,
-        unlock_warmup_start: float = 0.1,
-        freeze_bn_stats: bool = False,
-        train_norm: bool = False,
-        train_bias: bool = False,
-        tower: str | None = None,
-        coarse: bool = False,
-        reset_state_on_unlock: bool = False,
+        manage_lr: bool | None = None,
+        **option_overrides: Any,
     ) -> None:
-        self.schedule = parse_schedule(schedule)
-        if lr is not None and (isinstance(lr, bool) or not lr > 0):
-            raise ConfigError(f"lr must be None or a number > 0, got {lr!r}")
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.coarse = coarse
-        self._options: dict[str, Any] = dict(
-            layer_decay=layer_decay,
-            discriminative=discriminative,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            unlock_warmup_steps=unlock_warmup_steps,
-            unlock_warmup_start=unlock_warmup_start,
-            freeze_bn_stats=freeze_bn_stats,
-            train_norm=train_norm,
-            train_bias=train_bias,
-            tower=tower,
-            reset_state_on_unlock=reset_state_on_unlock,
+        self.options, self.schedule, self.manage_lr = callback_options(
+            options, option_overrides, manage_lr
         )
+        self.lr: float | None = self.options.lr if self.manage_lr else None
+        self.coarse = self.options.coarse
         #: The Unfreezer driving the run (set in ``on_train_begin``).
         self.unfreezer: Unfreezer | None = None
 
@@ -232,21 +201,19 @@ class LayerlockTrainerCallback(TrainerCallback):
         epochs, spe = self._lengths(args, state, train_dataloader)
         before = len(optimizer.param_groups)
         lrs = [pg["lr"] for pg in optimizer.param_groups]
-        base_lr = self.lr if self.lr is not None else float(args.learning_rate)
-        wd = self.weight_decay if self.weight_decay is not None else float(args.weight_decay)
+        base_lr = self.options.lr if self.manage_lr else float(args.learning_rate)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*do not carry layerlock group names.*")
             unfreezer = Unfreezer(
                 model,
-                self.schedule,
+                self.options,
                 epochs=epochs,
                 steps_per_epoch=spe,
                 optimizer=optimizer,
-                lr=base_lr,
-                weight_decay=wd,
                 groups=layer_groups(model, self.coarse),
                 ddp=False,
-                **self._options,
+                schedule=self.schedule,
+                lr=base_lr,
             )
         if getattr(args, "world_size", 1) > 1 and len(unfreezer.plan.events) > 1:
             raise ConfigError(
@@ -265,7 +232,7 @@ class LayerlockTrainerCallback(TrainerCallback):
                 "optimizers=(layerlock_optimizer(model, lr=...), None) instead",
                 stacklevel=2,
             )
-        if self.lr is None:
+        if not self.manage_lr:
             # the Unfreezer set LRs by its formula when it was built: give them back
             unfreezer.manage_lr = False
             for pg, lr in zip(optimizer.param_groups, lrs):
@@ -274,7 +241,7 @@ class LayerlockTrainerCallback(TrainerCallback):
                 pg["lr"] = base_lr * float(pg.get("lr_scale", 1.0))
         elif not unfreezer.manage_lr:
             warnings.warn(
-                "lr is set but the optimizer's param groups do not carry layerlock names: "
+                "manage_lr is set but the optimizer's param groups do not carry layerlock names: "
                 "LRs are left to Trainer (pass optimizers=(layerlock_optimizer(...), None))",
                 stacklevel=2,
             )

@@ -7,8 +7,8 @@ on one attribute of it (``module_attr="backbone"``). Unlike Lightning's
 
 - **All layer groups live in the optimizer from the start.** Build the optimizer in
   ``configure_optimizers`` from every parameter (``self.parameters()``, or
-  :func:`layerlock.optim.param_groups` for per-group LRs). Nothing is added on an unlock,
-  so LR schedulers keep working (Lightning #8720). Locked parameters have ``.grad`` None:
+  :func:`layerlock.create_optimizer` for per-group LRs). Nothing is added on an unlock,
+  so LR schedulers keep working. Locked parameters have ``.grad`` None:
   the optimizer skips them (no weight decay, no momentum). Parameters the optimizer lacks
   (one built from ``requires_grad`` parameters only) are added once, as named groups, in
   ``on_fit_start`` - before Lightning restores optimizer state, so checkpoints load - and
@@ -17,7 +17,7 @@ on one attribute of it (``module_attr="backbone"``). Unlike Lightning's
   Parameters with ``requires_grad=False`` before layerlock first sees the model count as
   created frozen and are never unlocked: lock beforehand with :func:`layerlock.lock`, not
   ``requires_grad_(False)``.
-- **Replicas stay identical under DDP** (Lightning #20340). DDP averages gradients only
+- **Replicas stay identical under DDP.** DDP averages gradients only
   of the parameters that required grad when its wrapper was built. Whenever the trainable
   set changes, the callback removes the old wrapper's autograd hooks and lets the strategy
   build a fresh one (``strategy.model = lightning_module; strategy.configure_ddp()``), in
@@ -29,13 +29,14 @@ on one attribute of it (``module_attr="backbone"``). Unlike Lightning's
   bucketing and overlap for the new set. Only ``DDPStrategy`` (``"ddp"``,
   ``"ddp_spawn"``, ...) is supported for multi-process runs; other distributed strategies
   raise :class:`~layerlock.errors.ConfigError`.
-- **Resume unlocks the right groups** (Lightning #21901). The trainable set is a function
+- **Resume unlocks the right groups.** The trainable set is a function
   of the global step, re-applied in ``on_train_start`` after Lightning has restored the
   loop state. The callback's ``state_dict`` (saved in checkpoints) records the schedule,
   the layer groups and the trainable set, and is checked on load.
 
-LRs: with ``lr=None`` (default) your optimizer and LR scheduler own the learning rates.
-With ``lr`` set and an optimizer built from :func:`layerlock.optim.param_groups`, the
+LRs: by default your optimizer and LR scheduler own the learning rates. With an ``lr``
+keyword (or ``manage_lr=True``) and an optimizer from :func:`layerlock.create_optimizer`
+(``return layerlock.create_optimizer(self, lr=1e-3)`` in ``configure_optimizers``), the
 callback sets each group's LR every step by layerlock's formula (layer decay, warm-up,
 cosine, per-group unlock warm-up); do not add a Lightning LR scheduler then.
 
@@ -81,8 +82,10 @@ except ImportError as exc:  # pragma: no cover - exercised with the module hidde
 
 from ..distributed import is_distributed
 from ..groups import layer_groups
-from ..schedule import Schedule, parse_schedule
+from ..options import UnfreezeOptions
+from ..schedule import Schedule
 from ..unfreezer import Unfreezer
+from ._options import callback_options
 from ._schedulers import extend_scheduler
 
 __all__ = ["LayerlockFinetuning"]
@@ -94,29 +97,25 @@ class LayerlockFinetuning(Callback):
     """Lock, unlock and (optionally) set LRs of layer groups during ``Trainer.fit``.
 
     Args:
-        schedule: A Schedule or its text (``"lp-ft"``, ``"gradual"``, ``"0:1, 2:all"``,
+        options: :class:`~layerlock.options.UnfreezeOptions`, or just a schedule (a
+            Schedule or its text: ``"lp-ft"``, ``"gradual"``, ``"0:1, 2:all"``,
             ``"s0:1, s500:all"`` ...); epochs and steps are Lightning's epochs and
-            optimizer steps (``trainer.global_step``).
-        lr: None: leave LRs to your optimizer / scheduler. A float: the base (head) LR
-            of layerlock's per-group formula, applied every step (needs param groups
-            built by :func:`layerlock.optim.param_groups`).
-        weight_decay: Weight decay of param groups the callback adds to the optimizer.
-        layer_decay: Layer-wise LR decay from the top (with ``lr``).
-        discriminative: ULMFiT factor per group (with ``lr``).
-        warmup_steps: Warm-up of the main LR schedule (with ``lr``).
-        lr_schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` (with ``lr``).
-        min_lr_ratio: Floor of the main LR schedule (with ``lr``).
-        unlock_warmup_steps: LR ramp for a group unlocked after step 0 (with ``lr``).
-        unlock_warmup_start: Fraction of its LR such a group starts at (with ``lr``).
-        freeze_bn_stats: BatchNorm in locked groups keeps its running statistics.
-        train_norm: Normalisation parameters of locked groups keep training.
-        train_bias: Bias terms of locked groups keep training.
-        tower: Apply the schedule to one tower of a multi-tower model.
-        coarse: Use the coarse grouping.
+            optimizer steps (``trainer.global_step``). Its ``weight_decay`` applies to
+            param groups the callback adds to the optimizer; the LR fields apply only
+            when layerlock sets the LRs (``manage_lr``).
         module_attr: Schedule this attribute of the LightningModule (``"backbone"``);
             parameters outside it are left alone. None: the whole LightningModule.
-        reset_state_on_unlock: Drop a group's optimizer state when it is unlocked.
         optimizer_index: Which of ``trainer.optimizers`` holds the parameters.
+        manage_lr: Set every group's LR each step by layerlock's formula (needs param
+            groups built by :func:`layerlock.create_optimizer`). Default: when an ``lr``
+            keyword is given; otherwise your optimizer and scheduler own the LRs.
+        **option_overrides: :class:`~layerlock.options.UnfreezeOptions` fields replacing
+            those of ``options`` (``lr=1e-3``, ``layer_decay=0.75``, ``tower="visual"``
+            ...). ``lr=None`` means not given.
+
+    Attributes:
+        options: The validated options.
+        lr: The base LR when the callback sets LRs, else None.
 
     Raises:
         ScheduleError: The schedule text does not parse (at construction) or does not
@@ -127,51 +126,23 @@ class LayerlockFinetuning(Callback):
 
     def __init__(
         self,
-        schedule: str | Schedule,
+        options: UnfreezeOptions | str | Schedule | None = None,
         *,
-        lr: float | None = None,
-        weight_decay: float = 0.0,
-        layer_decay: float = 1.0,
-        discriminative: float = 1.0,
-        warmup_steps: int = 0,
-        lr_schedule: str = "cosine",
-        min_lr_ratio: float = 0.0,
-        unlock_warmup_steps: int = 0,
-        unlock_warmup_start: float = 0.1,
-        freeze_bn_stats: bool = False,
-        train_norm: bool = False,
-        train_bias: bool = False,
-        tower: str | None = None,
-        coarse: bool = False,
         module_attr: str | None = None,
-        reset_state_on_unlock: bool = False,
         optimizer_index: int = 0,
+        manage_lr: bool | None = None,
+        **option_overrides: Any,
     ) -> None:
         super().__init__()
-        self.schedule = parse_schedule(schedule)
-        if lr is not None and (isinstance(lr, bool) or not lr > 0):
-            raise ConfigError(f"lr must be None or a number > 0, got {lr!r}")
+        self.options, self.schedule, self.manage_lr = callback_options(
+            options, option_overrides, manage_lr
+        )
         if isinstance(optimizer_index, bool) or not isinstance(optimizer_index, int):
             raise ConfigError(f"optimizer_index must be an int, got {optimizer_index!r}")
-        self.lr = lr
+        self.lr: float | None = self.options.lr if self.manage_lr else None
         self.module_attr = module_attr
         self.optimizer_index = optimizer_index
-        self.coarse = coarse
-        self._options: dict[str, Any] = dict(
-            weight_decay=weight_decay,
-            layer_decay=layer_decay,
-            discriminative=discriminative,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            unlock_warmup_steps=unlock_warmup_steps,
-            unlock_warmup_start=unlock_warmup_start,
-            freeze_bn_stats=freeze_bn_stats,
-            train_norm=train_norm,
-            train_bias=train_bias,
-            tower=tower,
-            reset_state_on_unlock=reset_state_on_unlock,
-        )
+        self.coarse = self.options.coarse
         #: The Unfreezer driving the run (set in ``on_fit_start``).
         self.unfreezer: Unfreezer | None = None
         #: Number of times the DDP wrapper was rebuilt (0 in single-process runs).
@@ -255,25 +226,25 @@ class LayerlockFinetuning(Callback):
         optimizer = optimizers[self.optimizer_index]
         before = len(optimizer.param_groups)
         lrs = [pg["lr"] for pg in optimizer.param_groups]
-        base_lr = self.lr if self.lr is not None else float(optimizer.defaults.get("lr", 1e-3))
+        base_lr = self.options.lr if self.manage_lr else float(optimizer.defaults.get("lr", 1e-3))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*do not carry layerlock group names.*")
             unfreezer = Unfreezer(
                 target,
-                self.schedule,
+                self.options,
                 epochs=epochs,
                 steps_per_epoch=spe,
                 optimizer=optimizer,
-                lr=base_lr,
                 groups=layer_groups(target, self.coarse),
                 ddp=False,
-                **self._options,
+                schedule=self.schedule,
+                lr=base_lr,
             )
         added = optimizer.param_groups[before:]
         for config in trainer.lr_scheduler_configs:
             if getattr(config.scheduler, "optimizer", None) is optimizer:
                 extend_scheduler(config.scheduler, added, before)
-        if self.lr is None:
+        if not self.manage_lr:
             # the Unfreezer set LRs by its formula when it was built: give them back
             unfreezer.manage_lr = False
             for pg, lr in zip(optimizer.param_groups, lrs):
@@ -282,13 +253,13 @@ class LayerlockFinetuning(Callback):
                 pg["lr"] = base_lr * float(pg.get("lr_scale", 1.0))
         elif not unfreezer.manage_lr:
             warnings.warn(
-                "lr is set but the optimizer's param groups do not carry layerlock names: "
-                "LRs are left to your optimizer (build it with layerlock.optim.param_groups)",
+                "manage_lr is set but the optimizer's param groups do not carry layerlock "
+                "names: LRs are left to your optimizer (build it with layerlock.create_optimizer)",
                 stacklevel=2,
             )
         elif trainer.lr_scheduler_configs:
             warnings.warn(
-                "lr is set, so LayerlockFinetuning sets every LR each step; the LR scheduler "
+                "manage_lr is set, so LayerlockFinetuning sets every LR each step; the LR scheduler "
                 "from configure_optimizers is overridden",
                 stacklevel=2,
             )
