@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -214,3 +215,105 @@ def test_public_api_names_resolve() -> None:
     missing = [name for name in layerlock.__all__ if not hasattr(layerlock, name)]
     assert not missing
     assert callable(layerlock.Unfreezer) and callable(layerlock.parse_schedule)
+
+
+# -- models that name their own groups (the "own" adapter) ------------------------------------
+
+
+class _Grouped(nn.Module):
+    """stem -> 3 blocks -> head, grouped by its own layer_groups()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 4)
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.head = nn.Linear(4, 2)
+
+    def layer_groups(self) -> list[tuple[str, list]]:
+        return [
+            ("low", [self.stem, self.blocks[0]]),
+            ("high", [self.blocks[1], self.blocks[2].weight, "blocks.2.bias"]),
+            ("head", [self.head, None]),
+        ]
+
+
+def test_own_layer_groups_are_used(tiny_vit: nn.Module) -> None:
+    model = _Grouped()
+    groups = layerlock.layer_groups(model)
+    assert groups.adapter == "own"
+    assert groups.names == ["low", "high", "head"]
+    assert groups["high"].param_names == (
+        "blocks.1.weight",
+        "blocks.1.bias",
+        "blocks.2.weight",
+        "blocks.2.bias",
+    )
+    _assert_partition(model, groups)
+    report = layerlock.lock(model, 1)  # lock agrees with the method
+    assert report.trainable_groups == ["head"]
+    # a model without the method keeps its family's adapter
+    assert layerlock.layer_groups(tiny_vit).adapter == "generic"
+
+
+def test_own_layer_groups_may_return_layer_groups_and_take_coarse() -> None:
+    class Coarse(_Grouped):
+        def layer_groups(self, coarse: bool = False):  # type: ignore[override]
+            if coarse:
+                return layerlock.layer_groups(self, adapter="generic", coarse=True)
+            return [("all", [self])]
+
+    model = Coarse()
+    assert layerlock.layer_groups(model).names == ["all"]
+    coarse = layerlock.layer_groups(model, coarse=True)
+    assert coarse.adapter == "own"
+    assert coarse.names == layerlock.layer_groups(model, adapter="generic").names
+
+
+def test_own_layer_groups_may_ask_layerlock_for_its_groups() -> None:
+    class Renamed(_Grouped):
+        def layer_groups(self):  # type: ignore[override]
+            # re-entrant: the model is not offered to its own method again (no recursion)
+            return [(f"g{g.index}", list(g.params)) for g in layerlock.layer_groups(self)]
+
+    groups = layerlock.layer_groups(Renamed())
+    assert groups.adapter == "own"
+    assert groups.names == ["g0", "g1", "g2", "g3", "g4"]  # the generic groups, renamed
+
+
+def test_own_layer_groups_must_cover_every_parameter() -> None:
+    class Partial(_Grouped):
+        def layer_groups(self):  # type: ignore[override]
+            return [("low", [self.stem]), ("head", [self.head])]
+
+    with pytest.raises(
+        layerlock.PartitionError,
+        match=r"Partial.layer_groups\(\) puts no group on 6 parameter\(s\): blocks.0.weight",
+    ):
+        layerlock.layer_groups(Partial())
+
+    class Stranger(_Grouped):
+        def layer_groups(self):  # type: ignore[override]
+            return [("all", [self]), ("other", [nn.Linear(1, 1)])]
+
+    with pytest.raises(layerlock.PartitionError, match=r"not a parameter of the model"):
+        layerlock.layer_groups(Stranger())
+
+    class Typo(_Grouped):
+        def layer_groups(self):  # type: ignore[override]
+            return [("all", [self, "blocks.9.weight"])]
+
+    with pytest.raises(layerlock.PartitionError, match=r"names parameter 'blocks.9.weight'"):
+        layerlock.layer_groups(Typo())
+
+
+def test_unrelated_layer_groups_method_falls_back(cnn: nn.Module) -> None:
+    class Other(type(cnn)):  # type: ignore[misc]
+        def layer_groups(self):
+            return [self.stem, self.blocks]  # another library's meaning of the name
+
+    model = copy.deepcopy(cnn)
+    model.__class__ = Other
+    groups = layerlock.layer_groups(model)
+    assert groups.adapter == "own"
+    assert groups.names == layerlock.layer_groups(cnn).names
+    assert any("does not return layer groups" in n and "generic" in n for n in groups.notes)

@@ -301,15 +301,18 @@ def layer_groups(
 
     The adapter is chosen from the model's family (OpenCLIP, Hugging Face transformers,
     timm, torchvision, or the generic fallback) without importing libraries the caller
-    has not imported. The result is checked to be a complete partition: every parameter
-    in exactly one group, tied parameters once.
+    has not imported. A model that names its own groups with a ``layer_groups()`` method
+    (OpenCLIP's form ``[(name, [modules or parameters]), ...]``, or a :class:`LayerGroups`)
+    is split by it, so this function, :func:`~layerlock.lock` and code that calls the
+    method agree (:mod:`layerlock.adapters.own`). The result is checked to be a complete
+    partition: every parameter in exactly one group, tied parameters once.
 
     Args:
         model: The model; DDP / DataParallel / ``torch.compile`` wrappers are looked through.
         coarse: Use the family's coarse grouping (timm: one group per stage).
         matcher: A timm-style ``group_matcher`` dict of regexes that overrides the adapter.
-        adapter: Force an adapter by name (``"timm"``, ``"open_clip"``, ``"transformers"``,
-            ``"torchvision"``, ``"generic"``).
+        adapter: Force an adapter by name (``"open_clip"``, ``"own"``, ``"transformers"``,
+            ``"timm"``, ``"torchvision"``, ``"generic"``).
 
     Returns:
         The groups as a :class:`LayerGroups` sequence.

@@ -1,8 +1,14 @@
 """Build a model from a spec string: ``timm:NAME``, ``open_clip:NAME``, ``hf:NAME``,
-``torchvision:NAME`` or ``module:path:factory``.
+``torchvision:NAME`` or ``module:path:factory``, and the classifier a fine-tuning job trains.
 
 Models are built with random weights and without network access unless
 ``pretrained=True``; unknown names get close-match suggestions from the family's registry.
+
+:func:`build_classifier` gives any of these (or the shipped ``demo`` backbone) a
+classification head; an OpenCLIP model becomes an :class:`OpenCLIPClassifier` (its image
+tower and a linear head, initialised zero-shot from the text tower). Every classifier's
+layer groups are what :func:`layerlock.layer_groups` gives for it, so a job, ``lock`` and
+``layerlock groups`` agree.
 """
 
 from __future__ import annotations
@@ -12,14 +18,27 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, LayerlockError, UnknownModelError, require
+from .groups import LayerGroups, layer_groups
+from .runs import load_weights
 
-__all__ = ["FAMILIES", "build_model", "parse_spec"]
+__all__ = [
+    "FAMILIES",
+    "OpenCLIPClassifier",
+    "build_classifier",
+    "build_model",
+    "classifier_logits",
+    "parse_spec",
+    "zero_shot_head",
+]
 
 FAMILIES = ("timm", "open_clip", "hf", "torchvision", "module")
 
@@ -226,3 +245,257 @@ def _module(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+# -- classifiers --------------------------------------------------------------------------
+
+
+class OpenCLIPClassifier(nn.Module):
+    """An OpenCLIP image tower with a linear head on its L2-normalised embedding.
+
+    With the head initialised by :func:`zero_shot_head`, the logits equal CLIP's
+    zero-shot logits (``logit_scale * cos(image, "a photo of a {class}.")``), as in
+    WiSE-FT / FLYP. Its groups are the tower's OpenCLIP groups (``embeddings``,
+    ``layer.{i}``, ``proj``) and then ``head``, named by :meth:`layer_groups`.
+
+    Example:
+        >>> import open_clip, torch, layerlock
+        >>> clip = open_clip.CLIP(16, dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16),
+        ...                       dict(context_length=16, vocab_size=1000, width=32, heads=2, layers=1))
+        >>> model = OpenCLIPClassifier(clip.visual, 16, 3)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 3])
+        >>> layerlock.layer_groups(model).names
+        ['embeddings', 'layer.0', 'layer.1', 'proj', 'head']
+    """
+
+    def __init__(
+        self, visual: nn.Module, embed_dim: int, num_classes: int, normalize: bool = True
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.visual(x)
+        if isinstance(features, (tuple, list)):
+            features = features[0]
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
+        return self.head(features)
+
+    def layer_groups(self, coarse: bool = False) -> list[tuple[str, list[nn.Parameter]]]:
+        """The image tower's groups, then ``head``, in OpenCLIP's ``(name, members)`` form.
+
+        :func:`layerlock.layer_groups` splits this model by this method (the ``own``
+        adapter), so the two always agree.
+
+        Args:
+            coarse: Passed to the tower's grouping (it reaches timm trunks only).
+
+        Returns:
+            ``[(name, [parameters]), ...]``, input side first.
+
+        Example:
+            >>> import open_clip
+            >>> clip = open_clip.CLIP(16, dict(image_size=32, patch_size=8, width=32, layers=1, head_width=16),
+            ...                       dict(context_length=16, vocab_size=1000, width=32, heads=2, layers=1))
+            >>> [name for name, _ in OpenCLIPClassifier(clip.visual, 16, 3).layer_groups()]
+            ['embeddings', 'layer.0', 'proj', 'head']
+        """
+        tower = layer_groups(self.visual, coarse)
+        return [(g.name, list(g.params)) for g in tower] + [("head", list(self.head.parameters()))]
+
+
+def zero_shot_head(
+    clip: Any,
+    head: nn.Linear,
+    classes: list[str],
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    prompt: str = "a photo of a {}.",
+) -> None:
+    """Set ``head`` to CLIP's zero-shot classifier: normalised text embeddings x logit scale.
+
+    Args:
+        clip: The full OpenCLIP model (text tower and ``logit_scale``).
+        head: The linear head on normalised image embeddings (bias set to 0).
+        classes: Class names, put into ``prompt``.
+        tokenizer: OpenCLIP tokenizer of the model.
+        prompt: Template with ``{}`` for the class name.
+
+    Raises:
+        LayerlockError: The tokenizer gives ids beyond the text tower's vocabulary.
+
+    Example:
+        >>> import open_clip, torch
+        >>> clip = open_clip.CLIP(16, dict(image_size=32, patch_size=8, width=32, layers=1, head_width=16),
+        ...                       dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+        >>> head = torch.nn.Linear(16, 2)
+        >>> zero_shot_head(clip, head, ["cat", "dog"], open_clip.get_tokenizer("ViT-B-32", context_length=16))
+        >>> bool(torch.allclose(head.weight.norm(dim=-1), clip.logit_scale.exp().detach()))
+        True
+    """
+    tokens = tokenizer([prompt.format(c) for c in classes])
+    vocab = getattr(clip, "vocab_size", None)
+    if vocab is not None and int(tokens.max()) >= int(vocab):
+        raise LayerlockError(
+            f"the tokenizer gives token ids up to {int(tokens.max())} but the text tower has "
+            f"a vocabulary of {vocab}; set zero_shot_head=false"
+        )
+    was = clip.training
+    clip.eval()
+    with torch.no_grad():
+        text = clip.encode_text(tokens, normalize=True).float()
+        scale = clip.logit_scale.exp().float() if hasattr(clip, "logit_scale") else 1.0
+        head.weight.copy_(text * scale)
+        head.bias.zero_()
+    clip.train(was)
+
+
+# ``build_classifier`` has a parameter of this name
+_init_zero_shot_head = zero_shot_head
+
+
+def _embed_dim(visual: nn.Module) -> int:
+    """Width of the tower's output: ``output_dim``, else one probe forward in eval mode.
+
+    The probe leaves every submodule in the train / eval mode it had.
+    """
+    dim = getattr(visual, "output_dim", None)
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    size = getattr(visual, "image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    modes = [(m, m.training) for m in visual.modules()]
+    try:
+        with torch.no_grad():
+            out = visual.eval()(torch.zeros(1, 3, *size))
+    finally:
+        for m, training in modes:
+            m.training = training
+    return int((out[0] if isinstance(out, (tuple, list)) else out).shape[-1])
+
+
+def build_classifier(
+    spec: str,
+    classes: Sequence[str],
+    *,
+    pretrained: bool | str = False,
+    checkpoint: str | None = None,
+    zero_shot_head: bool = True,
+    prompt: str = "a photo of a {}.",
+) -> tuple[nn.Module, list[str], LayerGroups | None]:
+    """Build the model named by ``spec`` with a ``len(classes)``-way head.
+
+    Args:
+        spec: ``demo`` (the shipped MNIST ViT) or a :func:`build_model` spec. An
+            ``open_clip:NAME`` model becomes an :class:`OpenCLIPClassifier` on its image tower.
+        classes: Class names; label ``i`` is ``classes[i]``.
+        pretrained: Load the published weights (:func:`build_model`).
+        checkpoint: A local weights file loaded over the built model; tensors of the head
+            that do not fit ``len(classes)`` are left new.
+        zero_shot_head: Initialise an OpenCLIP head from its text tower's embeddings of
+            ``prompt`` (not when ``checkpoint`` is given).
+        prompt: Template with ``{}`` for the class name.
+
+    Returns:
+        ``(model, notes, groups)``: notes say what was done (zero-shot head, checkpoint
+        loaded); ``groups`` is set for an :class:`OpenCLIPClassifier` (else None) and
+        equals :func:`layerlock.layer_groups` of the model either way.
+
+    Raises:
+        ConfigError: A malformed spec, a checkpoint that does not fit the model.
+        UnknownModelError: A model name the family does not know (with suggestions).
+        LayerlockError: Pretrained weights unreachable, a bad checkpoint file.
+
+    Example:
+        >>> model, notes, groups = build_classifier("timm:test_vit", ["a", "b"])
+        >>> model.num_classes, groups
+        (2, None)
+    """
+    notes: list[str] = []
+    groups: LayerGroups | None = None
+    n = len(classes)
+    model: nn.Module
+    if spec == "demo":
+        from .demo import load_demo_backbone
+
+        model = load_demo_backbone(n)
+        notes.append("demo backbone: ViT pretrained on MNIST digits 0-4")
+    elif parse_spec(spec)[0] == "open_clip":
+        clip: Any = build_model(spec, pretrained=pretrained)
+        visual: nn.Module = clip.visual
+        classifier = OpenCLIPClassifier(visual, _embed_dim(visual), n)
+        if zero_shot_head and hasattr(clip, "encode_text") and checkpoint is None:
+            import open_clip
+
+            name = parse_spec(spec)[1]
+            _init_zero_shot_head(
+                clip, classifier.head, list(classes), open_clip.get_tokenizer(name), prompt
+            )
+            notes.append(f"head initialised zero-shot from prompts {prompt!r}")
+        model = classifier
+        groups = layer_groups(classifier)
+    else:
+        model = build_model(spec, pretrained=pretrained, num_classes=n)
+    if checkpoint:
+        notes.append(_load_checkpoint_into(model, checkpoint, groups))
+    return model, notes, groups
+
+
+def _load_checkpoint_into(model: nn.Module, path: str, groups: LayerGroups | None) -> str:
+    state = load_weights(path)
+    own = model.state_dict()
+    head = set((groups or layer_groups(model))[-1].param_names)
+    reshaped = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    bad = [k for k in reshaped if k not in head]
+    if bad:
+        raise ConfigError(
+            f"checkpoint {path} does not fit the model: {len(bad)} tensor(s) of another shape, "
+            f"e.g. {bad[0]} {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}"
+        )
+    for k in reshaped:
+        state.pop(k)
+    if not any(k in own for k in state):
+        raise ConfigError(
+            f"checkpoint {path} has none of the model's tensor names (it has e.g. "
+            f"{', '.join(list(state)[:3])}; the model has e.g. {', '.join(list(own)[:3])})"
+        )
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in head]
+    if missing or result.unexpected_keys:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if result.unexpected_keys:
+            parts.append(
+                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})"
+            )
+        raise ConfigError(f"checkpoint {path} does not fit the model: {'; '.join(parts)} tensors")
+    fresh = " (new head)" if reshaped or any(k in head for k in result.missing_keys) else ""
+    return f"weights loaded from {path}{fresh}"
+
+
+def classifier_logits(output: Any) -> torch.Tensor:
+    """The logits in a classifier's output: a tensor, ``.logits``, or a tuple's first tensor.
+
+    Raises:
+        LayerlockError: The output holds none of these.
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> classifier_logits(SimpleNamespace(logits=torch.zeros(2, 3))).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise LayerlockError(
+        f"the model returned {type(output).__name__}; expected logits (a tensor or .logits)"
+    )

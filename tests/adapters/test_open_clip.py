@@ -238,10 +238,10 @@ def test_attention_pools_join_proj() -> None:
     towers = _towers()
     coca_style = layerlock.layer_groups(towers["vit_attn_pool"]())
     proj = params_of(coca_style, "proj")
-    assert (
-        "proj" in proj and {"ln_post.weight", "ln_post.bias"} <= proj
-    )  # ln_post runs after the pool
-    assert any(n.startswith("attn_pool.") for n in proj)
+    assert "proj" in proj and any(n.startswith("attn_pool.") for n in proj)
+    # main's convention: ln_post joins the last block even where it runs after the pool
+    assert {"ln_post.weight", "ln_post.bias"} <= params_of(coca_style, "layer.2")
+    assert not {"ln_post.weight", "ln_post.bias"} & proj
     parallel = layerlock.layer_groups(towers["vit_parallel_pools"]())
     proj = params_of(parallel, "proj")
     assert any(n.startswith("attn_pool_contrastive.") for n in proj)
@@ -342,7 +342,7 @@ def test_conformance_native_text_tower(
 
 
 def test_difference_vit_attention_pool() -> None:
-    """3.3.0 always freezes attn_pool; layerlock puts it (and a post-pool ln_post) in proj."""
+    """3.3.0 always freezes attn_pool; layerlock puts it in proj (ln_post: last block, as both)."""
     towers = _towers()
     for kind in ("vit_attn_pool", "vit_parallel_pools"):
         tower = towers[kind]()
@@ -353,13 +353,10 @@ def test_difference_vit_attention_pool() -> None:
             ours = ll_lock(tower, k)
             theirs = oc_lock(tower, lambda m, k=k: m.lock(k))
             assert theirs <= ours, (kind, k)
-            if k == 0:
-                expected: set[str] = set()
-            elif k == 1 and kind == "vit_attn_pool":
-                expected = pools | ln_post
-            else:
-                expected = pools
+            expected = pools if k else set()
             assert ours - theirs == expected, (kind, k)
+            # ln_post is in the last block's group for both: trainable from k=2 on
+            assert (ln_post <= ours and ln_post <= theirs) == (k >= 2), (kind, k)
 
 
 def test_difference_timm_head_and_offset(timm_clip: nn.Module) -> None:
@@ -537,3 +534,18 @@ def test_selection(vit_clip: nn.Module) -> None:
     sub = copy.deepcopy(vit_clip.visual)
     sub.__class__ = Mine
     assert select_adapter(sub).name == "open_clip"
+
+
+def test_tower_method_may_return_layerlock_groups(vit_clip: nn.Module) -> None:
+    """A tower's layer_groups() may return LayerGroups, even ones it asks layerlock for."""
+
+    class Regrouped(type(vit_clip.visual)):  # type: ignore[misc]
+        def layer_groups(self):
+            return layerlock.layer_groups(self)  # re-entrant: the method is not asked again
+
+    tower = copy.deepcopy(vit_clip.visual)
+    expected = layerlock.layer_groups(tower)
+    tower.__class__ = Regrouped
+    groups = layerlock.layer_groups(tower)
+    assert groups.adapter == "open_clip" and groups.names == expected.names
+    assert [g.param_names for g in groups] == [g.param_names for g in expected]

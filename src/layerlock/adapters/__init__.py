@@ -3,6 +3,12 @@
 An adapter is chosen from the model's class and module without importing libraries the
 caller has not imported: a model can only be an OpenCLIP model if ``open_clip`` is
 already in ``sys.modules``.
+
+Order: OpenCLIP models and towers first (they define ``layer_groups()`` in OpenCLIP's
+form, which that adapter reuses with its own placement rules); then any other module that
+names its own groups with a ``layer_groups()`` method (:mod:`.own`: layerlock's
+``OpenCLIPClassifier`` is one), so ``layer_groups(model)``, ``lock`` and a job that uses
+the method agree; then transformers, timm, torchvision, and the generic fallback.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from .base import MODEL_LEVEL, Adapter, GroupSpec
 __all__ = ["ADAPTER_NAMES", "MODEL_LEVEL", "Adapter", "GroupSpec", "select_adapter"]
 
 #: Adapters in the order they are tried; the last one matches any module.
-ADAPTER_NAMES = ("open_clip", "transformers", "timm", "torchvision", "generic")
+ADAPTER_NAMES = ("open_clip", "own", "transformers", "timm", "torchvision", "generic")
 
 
 def _load(name: str) -> Adapter:

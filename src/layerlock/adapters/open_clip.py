@@ -9,11 +9,13 @@ Per tower (when the tower has its own ``layer_groups()`` method, as on OpenCLIP 
 layerlock reuses it, except for ``TimmModel``: see below):
 
 - ``VisionTransformer``: ``embeddings`` = conv1, class / position embeddings, ln_pre;
-  ``layer.{i}`` = ``transformer.resblocks[i]`` (``ln_post`` in the last); ``proj`` =
-  ``proj`` plus the attention pools (``attn_pool``, ``attn_pool_contrastive``), which main
-  leaves out of every group and 3.3.0 always freezes. In the original CoCa pooling
-  (``attn_pool`` without ``attn_pool_contrastive``) ``ln_post`` runs after the pool, so it
-  joins ``proj`` there too.
+  ``layer.{i}`` = ``transformer.resblocks[i]`` (``ln_post`` in the last, with or without
+  an attention pool, as main has it); ``proj`` = ``proj`` plus the attention pools
+  (``attn_pool``, ``attn_pool_contrastive``), which main leaves out of every group and
+  3.3.0 always freezes. In the original CoCa pooling (``attn_pool`` without
+  ``attn_pool_contrastive``) ``ln_post`` runs after the pool, so there a locked ``ln_post``
+  sits between the trainable pool and ``proj``: the groups are then not a prefix of the
+  forward order, and :func:`layerlock.split.split_model` does not cache that boundary.
 - ``TimmModel``: ``layer.{i}`` = the trunk's timm groups, numbered as timm numbers them
   (``layer.0`` is the stem; main names them the same way), then ``proj`` = the adapter head
   (``head.*``) when it has parameters. ``coarse`` is passed to the trunk's
@@ -52,6 +54,7 @@ from typing import Any
 from torch import nn
 
 from .base import MODEL_LEVEL, Adapter, GroupSpec
+from .own import own_groups
 
 __all__ = ["OpenCLIPAdapter"]
 
@@ -126,13 +129,8 @@ def _vit_groups(v: nn.Module) -> list[RawGroup]:
 
 
 def _vit_head_extras(v: nn.Module) -> list[Any]:
-    """ViT members that belong in ``proj``: the attention pools, and ``ln_post`` after one."""
-    pool = getattr(v, "attn_pool", None)
-    contrastive = getattr(v, "attn_pool_contrastive", None)
-    extras = [pool, contrastive]
-    if pool is not None and contrastive is None:  # original CoCa: attn_pool -> ln_post -> proj
-        extras.append(getattr(v, "ln_post", None))
-    return extras
+    """ViT members that belong in ``proj``: the attention pools (main groups neither)."""
+    return [getattr(v, "attn_pool", None), getattr(v, "attn_pool_contrastive", None)]
 
 
 def _text_groups(t: nn.Module) -> list[RawGroup]:
@@ -215,9 +213,9 @@ def _timm_groups(t: nn.Module, coarse: bool) -> list[RawGroup]:
 
 def _fallback_groups(module: nn.Module, coarse: bool) -> list[RawGroup]:
     """An unknown tower: its own ``layer_groups()``, else the timm / generic adapter."""
-    own = getattr(module, "layer_groups", None)
-    if callable(own):
-        return [(str(name), list(members)) for name, members in own()]
+    own = own_groups(module, coarse)
+    if own is not None:
+        return [(name, members) for name, members, _ in own]
     from . import select_adapter
 
     adapter = select_adapter(module)
@@ -279,12 +277,12 @@ class OpenCLIPAdapter(Adapter):
     def _tower(
         self, module: nn.Module, kind: str | None, tower: str | None, coarse: bool
     ) -> list[GroupSpec]:
-        own = getattr(module, "layer_groups", None)
+        own = own_groups(module, coarse) if kind != "timm" else None
         raw: list[RawGroup]
         if kind == "timm":
             raw = _timm_groups(module, coarse)
-        elif callable(own):
-            raw = [(str(name), list(members)) for name, members in own()]
+        elif own is not None:
+            raw = [(name, members) for name, members, _ in own]
         elif kind == "vit":
             raw = _vit_groups(module)
         elif kind == "text":
