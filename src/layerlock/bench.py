@@ -7,7 +7,8 @@ the presets, on one fixed batch:
   the fine-tuning job does it (forward, ``loss.backward()``, ``Unfreezer.step()``, which
   steps AdamW over named param groups, clears gradients and sets learning rates);
 - **hand**: a minimal hand-written loop with the same frozen set (``requires_grad_``
-  off below, AdamW over the trainable parameters, ``zero_grad(set_to_none=True)``);
+  off below, AdamW over the trainable parameters in one param group with the
+  Unfreezer's weight decay, ``zero_grad(set_to_none=True)`` before the forward);
 - **cached**: the hand step on the suffix only, the frozen prefix's features computed
   beforehand (what training from :class:`~layerlock.cache.FeatureCache` costs);
 - **prefix**: one no-grad forward of the frozen prefix (the fill cost per batch);
@@ -16,7 +17,18 @@ the presets, on one fixed batch:
 Steps are interleaved (layerlock, hand, cached in turn, the order rotating each repeat)
 so that drift on a shared machine hits all three alike; each figure is the median of
 ``repeats`` with its min-max spread, and the ratio layerlock / hand is the median of the
-per-repeat ratios.
+per-repeat ratios. Each step is timed on the wall clock and in process CPU time
+(``time.process_time``); CPU time leaves out the time the process waits for a core, so on
+a loaded machine ``ratio_cpu`` is the steadier reading.
+
+``controls=True`` adds hand-loop variants that isolate what the layerlock step does
+differently, each reported as a ratio to **hand**:
+
+- **hand2**: a second, identical hand copy (the noise floor: its ratio should be 1);
+- **hand_late**: gradients cleared right after ``optimizer.step()`` (as
+  ``Unfreezer.step()`` does) instead of before the forward;
+- **hand_groups**: AdamW over the Unfreezer's named param groups (two per layer group)
+  instead of one.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the step, minus the
 allocation before it. On CPU torch has no allocator statistics, so each configuration
@@ -36,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import os
@@ -53,13 +66,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache import ideal_costs
+from .cache_policy import ideal_costs
 from .errors import ConfigError
 from .groups import LayerGroups, layer_groups
 from .schedule import PRESETS, parse_schedule
 from .split import split_model, split_reason
 
-__all__ = ["BenchResult", "LevelResult", "Timing", "count_walks", "parse_levels", "run_bench"]
+__all__ = [
+    "CONTROLS",
+    "BenchResult",
+    "LevelResult",
+    "Timing",
+    "count_walks",
+    "parse_levels",
+    "run_bench",
+]
+
+#: The hand-loop variants ``controls=True`` adds (see the module docstring).
+CONTROLS = ("hand2", "hand_late", "hand_groups")
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,7 @@ class LevelResult:
     ratio: float
     ratio_min: float
     ratio_max: float
+    ratio_cpu: float
     images_per_s: float
     cached: Timing | None
     prefix: Timing | None
@@ -98,6 +123,8 @@ class LevelResult:
     feature_bytes_per_sample: int
     ideal: dict[str, float]
     memory: dict[str, int | None] = field(default_factory=dict)
+    cpu: dict[str, Timing] = field(default_factory=dict)
+    controls: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def cached_speedup(self) -> float | None:
@@ -134,6 +161,8 @@ class BenchResult:
             for key in ("layerlock", "hand", "cached", "prefix"):
                 if lv[key] is not None:
                     lv[key]["samples"] = list(lv[key]["samples"])
+            for t in lv["cpu"].values():
+                t["samples"] = list(t["samples"])
         return d
 
     def table(self) -> Any:
@@ -147,7 +176,8 @@ class BenchResult:
             ),
             title_justify="left",
             caption=(
-                f"ratio = layerlock / hand step (<= 1.03 is the target); cached = suffix-only step "
+                f"ratio = layerlock / hand step, wall clock (<= 1.03 is the target); cpu = the "
+                f"same in process CPU time; cached = suffix-only step "
                 f"on precomputed features; ideal = cost model locked/cached; memory: "
                 f"{self.memory_method}; walks over all parameters/modules in Unfreezer.step(): "
                 f"{self.per_step_walks}"
@@ -159,6 +189,7 @@ class BenchResult:
             "layerlock",
             "hand",
             "ratio",
+            "cpu",
             "img/s",
             "cached",
             "speedup",
@@ -166,6 +197,9 @@ class BenchResult:
             "peak mem ll / hand / cached",
         ):
             t.add_column(col, justify="left" if col == "level" else "right")
+        shown = [c for c in CONTROLS if any(c in lv.controls for lv in self.levels)]
+        for c in shown:
+            t.add_column(f"{c} / hand", justify="right")
         for lv in self.levels:
             mem = " / ".join(_mb(lv.memory.get(k)) for k in ("layerlock", "hand", "cached"))
             t.add_row(
@@ -173,11 +207,19 @@ class BenchResult:
                 str(lv.layerlock),
                 str(lv.hand),
                 f"{lv.ratio:.3f} ({lv.ratio_min:.2f}-{lv.ratio_max:.2f})",
+                f"{lv.ratio_cpu:.3f}",
                 f"{lv.images_per_s:,.1f}",
                 str(lv.cached) if lv.cached else lv.cache_note[:40],
                 f"{lv.cached_speedup:.1f}x" if lv.cached_speedup else "-",
                 f"{lv.ideal_speedup:.1f}x",
                 mem,
+                *(
+                    f"{lv.controls[c]['ratio']:.3f} ({lv.controls[c]['ratio_min']:.2f}-"
+                    f"{lv.controls[c]['ratio_max']:.2f})"
+                    if c in lv.controls
+                    else "-"
+                    for c in shown
+                ),
             )
         return t
 
@@ -297,11 +339,52 @@ def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.arange(x.shape[0], device=x.device) % n
 
 
+# Every step in the comparison uses these. Weight decay is off so that a one-group hand
+# optimizer can match the Unfreezer's decay / no_decay param groups exactly.
+_LR = 1e-5
+_WEIGHT_DECAY = 0.0
+
+
+def _hand_copy(
+    base: nn.Module, trainable: frozenset[int], named_groups: bool
+) -> tuple[nn.Module, LayerGroups, torch.optim.Optimizer]:
+    """A private copy with the frozen set applied by hand, and its AdamW.
+
+    Learning rate and weight decay are the ones the layerlock step's Unfreezer gets, so
+    both optimizers do the same arithmetic per parameter (with AdamW's own default weight
+    decay, 0.01, the hand loop would do a multiply per parameter the layerlock one skips,
+    or the reverse).
+    """
+    model = copy.deepcopy(base).train()
+    groups = layer_groups(model)
+    for gi, grp in enumerate(groups):
+        for p in grp.params:
+            p.requires_grad_(gi in trainable)
+    if named_groups:
+        from .optim import param_groups
+
+        opt = torch.optim.AdamW(
+            param_groups(groups, lr=_LR, weight_decay=_WEIGHT_DECAY),
+            lr=_LR,
+            weight_decay=_WEIGHT_DECAY,
+        )
+    else:
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=_LR, weight_decay=_WEIGHT_DECAY
+        )
+    return model, groups, opt
+
+
 class _Runner:
-    """The three steps for one trainable set, on private copies of the model."""
+    """The steps for one trainable set, each on a private copy of the model."""
 
     def __init__(
-        self, base: nn.Module, trainable: frozenset[int], x: torch.Tensor, y: torch.Tensor
+        self,
+        base: nn.Module,
+        trainable: frozenset[int],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        controls: bool = False,
     ) -> None:
         from .unfreezer import Unfreezer
 
@@ -316,18 +399,18 @@ class _Runner:
             parse_schedule({0: names}),
             epochs=1,
             steps_per_epoch=10**9,
-            lr=1e-5,
+            lr=_LR,
+            weight_decay=_WEIGHT_DECAY,
             groups=g,
         )
         # hand: the minimal loop.
-        self.hand_model = copy.deepcopy(base).train()
-        hg = layer_groups(self.hand_model)
-        for gi, grp in enumerate(hg):
-            for p in grp.params:
-                p.requires_grad_(gi in trainable)
-        self.hand_opt = torch.optim.AdamW(
-            [p for p in self.hand_model.parameters() if p.requires_grad], lr=1e-5
-        )
+        self.hand_model, hg, self.hand_opt = _hand_copy(base, trainable, named_groups=False)
+        self.controls: dict[str, Callable[[], None]] = {}
+        if controls:
+            for name in CONTROLS:
+                m, _, opt = _hand_copy(base, trainable, named_groups=name == "hand_groups")
+                late = name == "hand_late"
+                self.controls[name] = functools.partial(self._hand_step, m, opt, late)
         self.boundary = min(trainable)
         self.split = split_model(self.hand_model, hg, self.boundary)
         self.cache_note = split_reason(self.hand_model, hg, self.boundary)
@@ -347,10 +430,16 @@ class _Runner:
         u.step()
 
     def hand(self) -> None:
-        self.hand_opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(_logits(self.hand_model(self.x)), self.y)
+        self._hand_step(self.hand_model, self.hand_opt, late=False)
+
+    def _hand_step(self, model: nn.Module, opt: torch.optim.Optimizer, late: bool) -> None:
+        if not late:
+            opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(_logits(model(self.x)), self.y)
         loss.backward()
-        self.hand_opt.step()
+        opt.step()
+        if late:
+            opt.zero_grad(set_to_none=True)
 
     def cached(self) -> None:
         assert self.split is not None and self.features is not None
@@ -365,14 +454,19 @@ class _Runner:
             self.split.prefix(self.x)
 
 
-def _timed(fn: Callable[[], None], device: torch.device) -> float:
+def _timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)]
 
 
 # -- memory ----------------------------------------------------------------------------
@@ -485,6 +579,7 @@ def run_bench(
     memory: bool = True,
     device: str | torch.device | None = None,
     progress: Callable[[str], None] | None = None,
+    controls: bool = False,
 ) -> BenchResult:
     """Measure step times, ratio, cache speed-up and memory for each lock level.
 
@@ -500,6 +595,7 @@ def run_bench(
         memory: Measure peak memory (CPU: one subprocess per configuration).
         device: Where to run (default: CUDA when available).
         progress: Called with a line per configuration.
+        controls: Also time the hand-loop variants in :data:`CONTROLS`.
 
     Returns:
         A :class:`BenchResult`.
@@ -541,24 +637,38 @@ def run_bench(
     for lbl, trainable in sets:
         if progress:
             progress(f"{lbl}: {len(trainable)} of {g} groups trainable")
-        r = _Runner(base, trainable, x, y)
+        r = _Runner(base, trainable, x, y, controls=controls)
         methods: list[tuple[str, Callable[[], None]]] = [
             ("layerlock", r.layerlock),
             ("hand", r.hand),
         ]
         if r.split is not None:
             methods += [("cached", r.cached), ("prefix", r.prefix)]
+        methods += list(r.controls.items())
         for _ in range(warmup):
             for _, fn in methods:
                 fn()
         if walks < 0:
             walks = count_walks(r.unfreezer.step)
         times: dict[str, list[float]] = {m: [] for m, _ in methods}
+        cpu: dict[str, list[float]] = {m: [] for m, _ in methods}
         for i in range(repeats):
             order = methods[i % len(methods) :] + methods[: i % len(methods)]
             for m, fn in order:
-                times[m].append(_timed(fn, dev))
-        ratios = [a / b for a, b in zip(times["layerlock"], times["hand"], strict=True)]
+                wall, proc = _timed(fn, dev)
+                times[m].append(wall)
+                cpu[m].append(proc)
+        ratios = _ratios(times["layerlock"], times["hand"])
+        control_ratios = {}
+        for name in r.controls:
+            cr = _ratios(times[name], times["hand"])
+            control_ratios[name] = {
+                "median_s": statistics.median(times[name]),
+                "ratio": statistics.median(cr),
+                "ratio_min": min(cr),
+                "ratio_max": max(cr),
+                "ratio_cpu": statistics.median(_ratios(cpu[name], cpu["hand"])),
+            }
         mem: dict[str, int | None] = {}
         if memory and dev.type == "cuda":
             for m, fn in methods[:3] if r.split is not None else methods[:2]:
@@ -587,6 +697,7 @@ def run_bench(
                 ratio=statistics.median(ratios),
                 ratio_min=min(ratios),
                 ratio_max=max(ratios),
+                ratio_cpu=statistics.median(_ratios(cpu["layerlock"], cpu["hand"])),
                 images_per_s=batch_size / statistics.median(times["layerlock"]),
                 cached=Timing.of(times["cached"]) if "cached" in times else None,
                 prefix=Timing.of(times["prefix"]) if "prefix" in times else None,
@@ -594,6 +705,8 @@ def run_bench(
                 feature_bytes_per_sample=feat_bytes,
                 ideal=ideal_costs(g, r.boundary),
                 memory=mem,
+                cpu={m: Timing.of(cpu[m]) for m in ("layerlock", "hand")},
+                controls=control_ratios,
             )
         )
         del r

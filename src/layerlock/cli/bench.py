@@ -28,6 +28,7 @@ def add_parser(sub: Any) -> None:
             "layerlock bench timm:vit_small_patch16_224 --img-size 112 --batch-size 16 --levels 1,2,all",
             "layerlock bench timm:resnet50 --levels 1,2,5,all --repeats 3 --no-memory",
             "layerlock bench timm:vit_small_patch16_224 --presets --json --out bench.json",
+            "layerlock bench timm:vit_small_patch16_224 --img-size 112 --batch-size 16 --levels all --repeats 9 --controls --no-memory",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,6 +45,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak memory")
+    p.add_argument(
+        "--controls",
+        action="store_true",
+        help="also time hand-loop variants (a second hand copy, gradients cleared after the "
+        "step, the Unfreezer's param groups) as ratios to the hand loop",
+    )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         memory=args.memory,
         device=args.device,
         progress=log,
+        controls=args.controls,
     )
     data = result.to_dict()
     if args.out is not None:
