@@ -86,7 +86,30 @@ def _open_clip_cfg(visual: nn.Module) -> Any:
 def open_clip_preprocess(
     visual: nn.Module, augmentation: dict[str, Any] | None = None
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    """OpenCLIP's own (train, eval) transforms for an image tower, from its preprocess config."""
+    """OpenCLIP's own (train, eval) transforms for an image tower, from its preprocess config.
+
+    Args:
+        visual: An OpenCLIP image tower (``model.visual``).
+        augmentation: OpenCLIP's ``aug_cfg`` for the training transform (``scale``,
+            ``color_jitter`` ...); ``None`` takes OpenCLIP's defaults.
+
+    Returns:
+        The ``(train, eval)`` transforms of PIL images.
+
+    Example:
+        >>> import open_clip
+        >>> from PIL import Image
+        >>> clip = open_clip.CLIP(
+        ...     embed_dim=16,
+        ...     vision_cfg={"layers": 1, "width": 32, "head_width": 16, "patch_size": 8,
+        ...                 "image_size": 32},
+        ...     text_cfg={"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
+        ...               "layers": 1},
+        ... )
+        >>> train, evaluation = open_clip_preprocess(clip.visual)
+        >>> evaluation(Image.new("RGB", (40, 60))).shape
+        torch.Size([3, 32, 32])
+    """
     from open_clip import transform as oct
 
     pcfg = _open_clip_cfg(visual)
