@@ -81,3 +81,9 @@ def test_data_modules_import_without_a_cycle():
     for first in ("layerlock.data.sources", "layerlock.data.demo", "layerlock.demo"):
         code = f"import {first}; {rest}; import layerlock.data.sources, layerlock.demo"
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_config_accepts_exactly_the_registered_sources():
+    from layerlock import config
+
+    assert tuple(config.DATA_SOURCES) == DATA_SOURCES
