@@ -1,25 +1,59 @@
-"""Shared fixtures: tiny models built in pure torch, offline environment."""
+"""Shared fixtures: tiny models built in pure torch, offline environment.
+
+The offline switches are set when this module is imported, before anything imports
+``huggingface_hub``: it reads ``HF_HUB_OFFLINE`` and its cache paths once, at import time
+(timm, transformers, open_clip and datasets all import it), so setting them in a fixture
+comes too late for every test module that imports one of those libraries at the top.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 
-import pytest
-import torch
-from torch import nn
+# Processes started by the tests (DDP workers, the CLI) inherit the variables and
+# reuse the directory; only the process that made it removes it.
+if "LAYERLOCK_TESTS_CACHE" not in os.environ:
+    os.environ["LAYERLOCK_TESTS_CACHE"] = tempfile.mkdtemp(prefix="layerlock-tests-cache-")
+    atexit.register(shutil.rmtree, os.environ["LAYERLOCK_TESTS_CACHE"], ignore_errors=True)
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HOME": os.path.join(os.environ["LAYERLOCK_TESTS_CACHE"], "hf"),
+    "TORCH_HOME": os.path.join(os.environ["LAYERLOCK_TESTS_CACHE"], "torch"),
+    "MPLBACKEND": "Agg",
+}
+os.environ.update(OFFLINE_ENV)
+
+import pytest  # noqa: E402 - after the environment above
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    cache = tmp_path_factory.getbasetemp() / "hf-cache"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo whatever a test does to the offline environment."""
+    for name, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(name, value)
+    if "OMP_NUM_THREADS" not in os.environ:  # for the processes a test starts
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_settings() -> Iterator[None]:
+    """Tests may change torch's thread count or determinism; the next test gets them back."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 class ConvBNNet(nn.Module):
