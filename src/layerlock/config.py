@@ -1,66 +1,144 @@
-"""The configuration of a ``layerlock finetune`` run.
+"""The configuration of a ``layerlock finetune`` run: one section per concept.
 
-A :class:`FinetuneConfig` is built from a YAML file and ``key=value`` overrides (command
-line style) or a dict, and validated as a whole: every unknown key and every bad value is
-reported at once in a single :class:`~layerlock.errors.ConfigError`, one problem per line,
+A :class:`FinetuneConfig` has a ``task`` and five sections, each its own options type:
+``model`` (:class:`ModelOptions`), ``data`` (:class:`DataOptions`), ``unfreeze``
+(:class:`~layerlock.options.UnfreezeOptions`, the type the Unfreezer and the callbacks
+take), ``cache`` (:class:`CacheOptions`) and ``run`` (:class:`RunOptions`). It is built
+from a YAML file (nested mappings) and ``section.key=value`` overrides, or a dict, and
+validated as a whole: every unknown key and every bad value is reported at once in a
+single :class:`~layerlock.errors.ConfigError`, one problem per line, keys shown dotted,
 before any model or data is touched.
 
+A section given a scalar means its primary field: ``model=timm:resnet18`` is
+``model.name``, ``data=folder`` is ``data.source``, ``cache=off`` is ``cache.mode`` and
+``unfreeze=gradual`` is ``unfreeze.schedule``.
+
+The flat keys of the previous release (``lr``, ``epochs``, ``data_path``,
+``cache_budget_mb`` ...; :data:`LEGACY_KEYS`) still work for one release: each is mapped
+to its dotted key with a :class:`FutureWarning`, and the messages are kept in
+:attr:`FinetuneConfig.deprecations` for the command line to print. A run's flat
+``config.yaml`` written by that release loads the same way.
+
 Example:
-    >>> cfg = load_config(overrides=["epochs=3", "lr=3e-4", "schedule=gradual"])
-    >>> cfg.epochs, cfg.lr, cfg.schedule
+    >>> cfg = load_config(overrides=["run.epochs=3", "unfreeze.lr=3e-4", "unfreeze=gradual"])
+    >>> cfg.run.epochs, cfg.unfreeze.lr, cfg.unfreeze.schedule
     (3, 0.0003, 'gradual')
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError, suggest
+from .options import UnfreezeOptions
 
 __all__ = [
+    "BAD_IMAGE_POLICIES",
     "CACHE_DTYPES",
     "CACHE_MODES",
+    "DATA_SOURCES",
+    "DEVICES",
+    "LEGACY_KEYS",
     "PRECISIONS",
     "RESUME_IGNORED",
+    "SECTIONS",
+    "TASKS",
+    "CacheOptions",
+    "DataOptions",
     "FinetuneConfig",
+    "ModelOptions",
+    "RunOptions",
+    "dotted_keys",
     "load_config",
     "parse_overrides",
 ]
 
+TASKS = ("classify",)
 PRECISIONS = ("auto", "fp32", "bf16")
 CACHE_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 DATA_SOURCES = ("demo", "folder", "csv", "hf")
 BAD_IMAGE_POLICIES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``cuda:0`` ... ``cuda:15`` are accepted devices too.
+_MAX_CUDA_INDEX = 16
+#: Data-loader workers ``workers=auto`` never exceeds (more rarely help a single GPU).
+_AUTO_WORKERS_CAP = 8
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
 
 
+def _at_least(out: list[str], name: str, value: Any, low: int) -> None:
+    if value is None or isinstance(value, bool) or value < low:
+        out.append(f"{name}: must be >= {low}, got {value!r}")
+
+
+def _choice(out: list[str], name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        out.append(
+            f"{name}: {value!r} is not one of {', '.join(choices)}" + suggest(str(value), choices)
+        )
+
+
 @dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on. Defaults run the embedded demo task.
+class ModelOptions:
+    """The model to fine-tune (section ``model``; ``model=SPEC`` sets :attr:`name`).
 
     Attributes:
-        model: Model spec: ``demo``, ``timm:NAME``, ``open_clip:NAME``, ``hf:NAME``,
+        name: Model spec: ``demo``, ``timm:NAME``, ``open_clip:NAME``, ``hf:NAME``,
             ``torchvision:NAME`` or ``module:path:factory``.
         pretrained: Load published weights (bool), or an OpenCLIP pretrained tag.
         checkpoint: Local weights (safetensors, or a file ``torch.load(weights_only=True)``
             reads) loaded into the model before training.
-        data: Data source: ``demo``, ``folder``, ``csv`` or ``hf``.
-        data_path: ImageFolder root (with ``train/`` and ``val/``) or Hugging Face dataset name.
-        train_csv: CSV of the training split (``data=csv``).
-        val_csv: CSV of the evaluation split (``data=csv``).
+        zero_shot_head: Initialise an OpenCLIP head from its text tower's class embeddings.
+        prompt: Prompt template of the zero-shot head; ``{}`` is the class name.
+    """
+
+    name: str = "demo"
+    pretrained: bool | str = False
+    checkpoint: str | None = None
+    zero_shot_head: bool = True
+    prompt: str = "a photo of a {}."
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        out: list[str] = []
+        if "{}" not in self.prompt:
+            out.append(f"prompt: must contain '{{}}' for the class name, got {self.prompt!r}")
+        if self.name != "demo":
+            from .models import parse_spec
+
+            try:
+                parse_spec(self.name)
+            except ConfigError as exc:
+                out.append(f"name: {exc}")
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            out.append(f"checkpoint: file {self.checkpoint} does not exist")
+        return out
+
+
+@dataclass
+class DataOptions:
+    """Where the images come from and how they are read (section ``data``).
+
+    Attributes:
+        source: ``demo``, ``folder``, ``csv`` or ``hf`` (``data=SOURCE`` sets it).
+        path: ImageFolder root (with ``train/`` and ``val/``) or Hugging Face dataset name.
+        train_csv: CSV of the training split (``source=csv``).
+        val_csv: CSV of the evaluation split (``source=csv``).
         csv_img_key: Image path column of the CSVs.
         csv_label_key: Label column of the CSVs.
         csv_separator: Column separator of the CSVs.
@@ -73,42 +151,11 @@ class FinetuneConfig:
         augmentation: Keyword arguments of ``timm.data.create_transform`` for training images;
             ``None`` takes the model's own recommendation or timm's defaults.
         deterministic_train_transform: Use the evaluation transform on training images.
-        schedule: Unlocking schedule spec (``lp-ft``, ``full``, ``lp``, ``gradual``,
-            ``chain-thaw`` ... as understood by the engine).
-        epochs: Training epochs.
-        batch_size: Images per step and process.
-        lr: Peak learning rate of the top group.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        layer_decay: Per-group LR factor down the stack (``None`` or 1.0: same LR everywhere).
-        warmup_steps: Linear LR warm-up at the start of training.
-        unlock_warmup_steps: Linear LR ramp of a group after it is unlocked.
-        grad_clip: Max gradient norm (``None``: no clipping).
-        label_smoothing: Cross-entropy label smoothing.
-        freeze_bn_stats: Keep BatchNorm statistics of locked groups fixed.
-        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 where the device supports it).
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        seed: Seed of everything random (data order, augmentation, head init).
-        workers: DataLoader worker processes.
-        out_dir: Run directory.
-        resume: Run directory to continue from (must hold a checkpoint of the same config).
-        cache: Cache the output of the locked prefix: ``auto`` (per stage, from the cost
-            model), ``on`` (whenever possible) or ``off``.
-        cache_budget_mb: Memory the cache may use, in MiB.
-        cache_views: Fixed augmented views per training image cached under a random
-            train transform (epoch ``e`` trains on view ``e % cache_views``; 1 caches one
-            fixed view only with ``cache=on``).
-        cache_dtype: Storage dtype of cached features: ``auto`` (bfloat16 on CUDA, float16
-            elsewhere), ``float16``, ``bfloat16`` or ``float32``.
-        log_every: Steps between per-step metric rows.
-        zero_shot_head: Initialise an OpenCLIP head from its text tower's class embeddings.
-        prompt: Prompt template of the zero-shot head; ``{}`` is the class name.
+        workers: DataLoader worker processes, or ``auto`` (see :meth:`num_workers`).
     """
 
-    model: str = "demo"
-    pretrained: bool | str = False
-    checkpoint: str | None = None
-    data: str = "demo"
-    data_path: str | None = None
+    source: str = "demo"
+    path: str | None = None
     train_csv: str | None = None
     val_csv: str | None = None
     csv_img_key: str = "path"
@@ -122,43 +169,267 @@ class FinetuneConfig:
     shots_per_class: int = 30
     augmentation: dict[str, Any] | None = None
     deterministic_train_transform: bool = False
-    schedule: str = "lp-ft"
+    workers: int | Literal["auto"] = "auto"
+
+    def num_workers(self, cpu_count: int | None = None) -> int:
+        """The worker count to use: :attr:`workers`, or the ``auto`` choice.
+
+        ``auto``: 0 for the demo task (its images are tensors in memory, so worker
+        processes only add start-up time), else one per CPU core but one, at most 8.
+
+        Example:
+            >>> DataOptions(source="folder").num_workers(cpu_count=4)
+            3
+            >>> DataOptions().num_workers(cpu_count=4), DataOptions(workers=2).num_workers()
+            (0, 2)
+        """
+        if self.workers != "auto":
+            return int(self.workers)
+        if self.source == "demo":
+            return 0
+        cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+        return max(0, min(_AUTO_WORKERS_CAP, cores - 1))
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        out: list[str] = []
+        _choice(out, "source", self.source, DATA_SOURCES)
+        _choice(out, "bad_images", self.bad_images, BAD_IMAGE_POLICIES)
+        _at_least(out, "shots_per_class", self.shots_per_class, 1)
+        if self.workers != "auto":
+            _at_least(out, "workers", self.workers, 0)
+        if len(self.csv_separator) != 1:
+            out.append(f"csv_separator: must be one character, got {self.csv_separator!r}")
+        if self.source == "folder":
+            if not self.path:
+                out.append("path: source=folder needs a folder holding train/ and val/")
+            elif not Path(self.path).is_dir():
+                out.append(f"path: folder {self.path} does not exist")
+        elif self.source == "csv":
+            for name in ("train_csv", "val_csv"):
+                value = getattr(self, name)
+                if not value:
+                    out.append(f"{name}: source=csv needs a CSV file of path,label rows")
+                elif not Path(value).is_file():
+                    out.append(f"{name}: file {value} does not exist")
+        elif self.source == "hf" and not self.path:
+            out.append("path: source=hf needs the Hugging Face dataset name")
+        return out
+
+
+@dataclass
+class CacheOptions:
+    """The feature cache of the locked prefix (section ``cache``; ``cache=MODE`` sets :attr:`mode`).
+
+    Attributes:
+        mode: ``auto`` (per stage, from the cost model), ``on`` (whenever possible) or ``off``.
+        budget_mb: Memory the cache may use, in MiB.
+        views: Fixed augmented views per training image cached under a random train
+            transform (epoch ``e`` trains on view ``e % views``; 1 caches one fixed view
+            only with ``mode=on``).
+        dtype: Storage dtype of cached features: ``auto`` (bfloat16 on CUDA, float16
+            elsewhere), ``float16``, ``bfloat16`` or ``float32``.
+    """
+
+    mode: str = "auto"
+    budget_mb: int = 1024
+    views: int = 2
+    dtype: str = "auto"
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        out: list[str] = []
+        _choice(out, "mode", self.mode, CACHE_MODES)
+        _choice(out, "dtype", self.dtype, CACHE_DTYPES)
+        _at_least(out, "views", self.views, 1)
+        _at_least(out, "budget_mb", self.budget_mb, 0)
+        return out
+
+
+@dataclass
+class RunOptions:
+    """How long and where the run trains, and where it writes (section ``run``).
+
+    Attributes:
+        epochs: Training epochs.
+        batch_size: Images per step and process.
+        grad_clip: Max gradient norm (``None``: no clipping).
+        label_smoothing: Cross-entropy label smoothing.
+        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 where the device supports it).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        seed: Seed of everything random (data order, augmentation, head init).
+        out_dir: Run directory.
+        resume: Run directory to continue from (must hold a checkpoint of the same config).
+        log_every: Steps between per-step metric rows.
+    """
+
     epochs: int = 16
     batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    layer_decay: float | None = None
-    warmup_steps: int = 0
-    unlock_warmup_steps: int = 0
     grad_clip: float | None = 1.0
     label_smoothing: float = 0.0
-    freeze_bn_stats: bool = True
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
-    workers: int = 0
     out_dir: str = "runs/finetune"
     resume: str | None = None
-    cache: str = "auto"
-    cache_budget_mb: int = 1024
-    cache_views: int = 2
-    cache_dtype: str = "auto"
     log_every: int = 10
-    zero_shot_head: bool = True
-    prompt: str = "a photo of a {}."
-    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        out: list[str] = []
+        _choice(out, "precision", self.precision, PRECISIONS)
+        _choice(
+            out, "device", self.device, (*DEVICES, *(f"cuda:{i}" for i in range(_MAX_CUDA_INDEX)))
+        )
+        for name in ("epochs", "batch_size", "log_every"):
+            _at_least(out, name, getattr(self, name), 1)
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            out.append(f"grad_clip: must be > 0 or none, got {self.grad_clip!r}")
+        if not 0 <= self.label_smoothing < 1:
+            out.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing!r}")
+        if self.resume and not Path(self.resume).is_dir():
+            out.append(f"resume: run directory {self.resume} does not exist")
+        return out
+
+
+#: Section name -> its options type, in the order configs are written.
+SECTIONS: dict[str, type] = {
+    "model": ModelOptions,
+    "data": DataOptions,
+    "unfreeze": UnfreezeOptions,
+    "cache": CacheOptions,
+    "run": RunOptions,
+}
+#: The field a section given a scalar sets (``model=timm:x`` is ``model.name``).
+_PRIMARY = {"model": "name", "data": "source", "unfreeze": "schedule", "cache": "mode"}
+
+#: Flat keys of the previous release -> their dotted keys (accepted, with a warning,
+#: for one release). ``model``, ``data`` and ``cache`` need no entry: a scalar given to
+#: a section sets its primary field.
+LEGACY_KEYS: dict[str, str] = {
+    "pretrained": "model.pretrained",
+    "checkpoint": "model.checkpoint",
+    "zero_shot_head": "model.zero_shot_head",
+    "prompt": "model.prompt",
+    "data_path": "data.path",
+    **{
+        name: f"data.{name}"
+        for name in (
+            "train_csv",
+            "val_csv",
+            "csv_img_key",
+            "csv_label_key",
+            "csv_separator",
+            "hf_image_key",
+            "hf_label_key",
+            "train_split",
+            "val_split",
+            "bad_images",
+            "shots_per_class",
+            "augmentation",
+            "deterministic_train_transform",
+            "workers",
+        )
+    },
+    **{
+        name: f"unfreeze.{name}"
+        for name in (
+            "schedule",
+            "lr",
+            "weight_decay",
+            "layer_decay",
+            "warmup_steps",
+            "unlock_warmup_steps",
+            "freeze_bn_stats",
+        )
+    },
+    "cache_budget_mb": "cache.budget_mb",
+    "cache_views": "cache.views",
+    "cache_dtype": "cache.dtype",
+    **{
+        name: f"run.{name}"
+        for name in (
+            "epochs",
+            "batch_size",
+            "grad_clip",
+            "label_smoothing",
+            "precision",
+            "device",
+            "seed",
+            "out_dir",
+            "resume",
+            "log_every",
+        )
+    },
+}
+
+#: Dotted keys that do not change the training trajectory: a run can be resumed with
+#: other values, and :meth:`FinetuneConfig.fingerprint` leaves them out.
+RESUME_IGNORED = frozenset(
+    {
+        "run.out_dir",
+        "run.resume",
+        "run.log_every",
+        "run.device",
+        "data.workers",
+        "data.bad_images",
+        "cache.mode",
+        "cache.budget_mb",
+        "cache.views",
+        "cache.dtype",
+    }
+)
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on. Defaults run the embedded demo task.
+
+    Attributes:
+        task: What is trained: ``classify`` (an image classifier).
+        model: The model (:class:`ModelOptions`).
+        data: The images (:class:`DataOptions`).
+        unfreeze: Schedule, learning rates, weight decay, BatchNorm
+            (:class:`~layerlock.options.UnfreezeOptions`).
+        cache: The locked-prefix feature cache (:class:`CacheOptions`).
+        run: Length, batch size, precision, device, seed and run directory
+            (:class:`RunOptions`).
+        deprecations: One message per old flat key this config was built from (not part
+            of the config: left out of comparisons and output).
+
+    Example:
+        >>> cfg = FinetuneConfig(unfreeze=UnfreezeOptions(lr=0.01), run=RunOptions(epochs=2))
+        >>> cfg.validate().unfreeze.lr
+        0.01
+    """
+
+    task: str = "classify"
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    unfreeze: UnfreezeOptions = field(default_factory=UnfreezeOptions)
+    cache: CacheOptions = field(default_factory=CacheOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+    deprecations: list[str] = field(default_factory=list, repr=False, compare=False)
 
     # -- construction -----------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
-        """Build and validate from a mapping; all problems are raised together.
+        """Build and validate from a mapping (nested, dotted or old flat keys).
+
+        All problems are raised together.
 
         Example:
-            >>> FinetuneConfig.from_dict({"epochs": "2"}).epochs
+            >>> FinetuneConfig.from_dict({"run": {"epochs": "2"}}).run.epochs
             2
+            >>> FinetuneConfig.from_dict({"run.epochs": 3, "model": "timm:test_vit"}).model.name
+            'timm:test_vit'
         """
-        cfg, problems = _build(values)
+        flat, deprecations, problems = dotted_keys(values)
+        _warn(deprecations)
+        cfg, more = _build(flat)
+        cfg.deprecations = deprecations
+        problems.extend(more)
         if problems:
             raise ConfigError(_format(problems))
         return cfg
@@ -172,98 +443,69 @@ class FinetuneConfig:
         """Read a YAML mapping, apply overrides and validate.
 
         Example:
-            >>> FinetuneConfig.from_yaml("finetune.yaml", ["lr=1e-4"])  # doctest: +SKIP
+            >>> FinetuneConfig.from_yaml("finetune.yaml", ["unfreeze.lr=1e-4"])  # doctest: +SKIP
         """
         return load_config(path, overrides)
+
+    def with_overrides(self, overrides: Sequence[str] | Mapping[str, Any]) -> FinetuneConfig:
+        """A validated copy with some keys replaced (dotted keys, as in :func:`load_config`).
+
+        Raises:
+            ConfigError: Every problem of the result, at once.
+
+        Example:
+            >>> cfg = FinetuneConfig().with_overrides({"unfreeze.schedule": "full"})
+            >>> cfg.unfreeze.schedule, FinetuneConfig().unfreeze.schedule
+            ('full', 'lp-ft')
+        """
+        values, problems = parse_overrides(overrides)
+        flat, deprecations, more = dotted_keys(values)
+        _warn(deprecations)
+        problems.extend(more)
+        cfg, more = _build({**self.flat_dict(), **flat})
+        cfg.deprecations = deprecations
+        problems.extend(more)
+        if problems:
+            raise ConfigError(_format(problems))
+        return cfg
+
+    # -- transitional read-only access by the previous release's flat names ------------
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: ``config.lr`` reads ``config.unfreeze.lr``
+        # for code not yet moved to the sections. ``workers`` gives the resolved count.
+        if name.startswith("_") or name not in LEGACY_KEYS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name == "workers":
+            return self.data.num_workers()
+        section, _, leaf = LEGACY_KEYS[name].partition(".")
+        return getattr(getattr(self, section), leaf)
 
     # -- validation -------------------------------------------------------------------
 
     def problems(self) -> list[str]:
-        """Every bad value, one message each (empty when the config is valid)."""
+        """Every bad value, one ``"section.field: message"`` each (empty when valid).
+
+        Example:
+            >>> FinetuneConfig(run=RunOptions(epochs=0)).problems()
+            ['run.epochs: must be >= 1, got 0']
+        """
         out: list[str] = []
-
-        def choice(name: str, choices: Sequence[str]) -> None:
-            value = getattr(self, name)
-            if value not in choices:
-                out.append(
-                    f"{name}: {value!r} is not one of {', '.join(choices)}"
-                    + suggest(str(value), choices)
-                )
-
-        def at_least(name: str, low: float, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if value is None or value < low:
-                out.append(f"{name}: must be >= {low}, got {value!r}")
-
-        choice("precision", PRECISIONS)
-        choice("cache", CACHE_MODES)
-        choice("cache_dtype", CACHE_DTYPES)
-        choice("data", DATA_SOURCES)
-        choice("bad_images", BAD_IMAGE_POLICIES)
-        choice("device", (*DEVICES, *(f"cuda:{i}" for i in range(16))))
-        for name in ("epochs", "batch_size", "shots_per_class", "log_every", "cache_views"):
-            at_least(name, 1)
-        for name in ("warmup_steps", "unlock_warmup_steps", "workers", "cache_budget_mb"):
-            at_least(name, 0)
-        at_least("weight_decay", 0.0)
-        if not self.lr > 0:
-            out.append(f"lr: must be > 0, got {self.lr!r}")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            out.append(f"layer_decay: must be in (0, 1], got {self.layer_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            out.append(f"grad_clip: must be > 0 or none, got {self.grad_clip!r}")
-        if not 0 <= self.label_smoothing < 1:
-            out.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing!r}")
-        if "{}" not in self.prompt:
-            out.append(f"prompt: must contain '{{}}' for the class name, got {self.prompt!r}")
-        if not self.schedule.strip():
-            out.append("schedule: must not be empty")
-        if len(self.csv_separator) != 1:
-            out.append(f"csv_separator: must be one character, got {self.csv_separator!r}")
-        if self.model != "demo":
-            from .models import parse_spec
-
-            try:
-                parse_spec(self.model)
-            except ConfigError as exc:
-                out.append(f"model: {exc}")
-        out.extend(self._path_problems())
-        return out
-
-    def _path_problems(self) -> list[str]:
-        out: list[str] = []
-        if self.data == "folder":
-            if not self.data_path:
-                out.append("data_path: data=folder needs a folder holding train/ and val/")
-            elif not Path(self.data_path).is_dir():
-                out.append(f"data_path: folder {self.data_path} does not exist")
-        elif self.data == "csv":
-            for name in ("train_csv", "val_csv"):
-                value = getattr(self, name)
-                if not value:
-                    out.append(f"{name}: data=csv needs a CSV file of path,label rows")
-                elif not Path(value).is_file():
-                    out.append(f"{name}: file {value} does not exist")
-        elif self.data == "hf" and not self.data_path:
-            out.append("data_path: data=hf needs the Hugging Face dataset name")
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            out.append(f"checkpoint: file {self.checkpoint} does not exist")
-        if self.resume and not Path(self.resume).is_dir():
-            out.append(f"resume: run directory {self.resume} does not exist")
+        _choice(out, "task", self.task, TASKS)
+        for name in SECTIONS:
+            out.extend(f"{name}.{p}" for p in getattr(self, name).problems())
         return out
 
     def validate(self) -> FinetuneConfig:
         """Raise one :class:`ConfigError` listing every problem; return ``self`` if none.
 
         Example:
-            >>> FinetuneConfig(epochs=0, precision="fp16").validate()
+            >>> FinetuneConfig(run=RunOptions(epochs=0, precision="fp16")).validate()
             Traceback (most recent call last):
             ...
             layerlock.errors.ConfigError: 2 problems in the configuration:
-              precision: 'fp16' is not one of auto, fp32, bf16; did you mean 'bf16'?
-              epochs: must be >= 1, got 0
+              run.precision: 'fp16' is not one of auto, fp32, bf16; did you mean 'bf16'?
+              run.epochs: must be >= 1, got 0
         """
         problems = self.problems()
         if problems:
@@ -273,16 +515,35 @@ class FinetuneConfig:
     # -- output -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (JSON / YAML safe), in field order.
+        """Plain values (JSON / YAML safe), nested by section, in field order.
 
         Example:
-            >>> FinetuneConfig().to_dict()["schedule"]
+            >>> FinetuneConfig().to_dict()["unfreeze"]["schedule"]
             'lp-ft'
         """
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        out: dict[str, Any] = {"task": self.task}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+        return out
+
+    def flat_dict(self) -> dict[str, Any]:
+        """Plain values keyed by dotted name (``"unfreeze.lr"``), in field order.
+
+        Example:
+            >>> FinetuneConfig().flat_dict()["run.epochs"]
+            16
+        """
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict) and key in SECTIONS:
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
 
     def to_yaml(self) -> str:
-        """The resolved config as YAML; ``load_config`` of it gives an equal config.
+        """The resolved config as nested YAML; ``load_config`` of it gives an equal config.
 
         Example:
             >>> "epochs: 16" in FinetuneConfig().to_yaml()
@@ -297,26 +558,59 @@ class FinetuneConfig:
         left out, so a run can be resumed with different ones.
 
         Example:
-            >>> FinetuneConfig(workers=4).fingerprint() == FinetuneConfig().fingerprint()
+            >>> cfg = FinetuneConfig()
+            >>> cfg.with_overrides({"data.workers": 4}).fingerprint() == cfg.fingerprint()
             True
         """
-        relevant = {k: v for k, v in self.to_dict().items() if k not in RESUME_IGNORED}
-        text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        relevant = {k: v for k, v in self.flat_dict().items() if k not in RESUME_IGNORED}
+        return _hash(relevant)
 
-    def differences(self, other: FinetuneConfig | Mapping[str, Any]) -> list[str]:
-        """``"lr: 0.001 -> 0.01"`` for every resume-relevant field that differs from ``other``.
+    def fingerprint_matches(self, fingerprint: str) -> bool:
+        """Whether a checkpoint's ``fingerprint`` belongs to this config.
+
+        Also accepts the flat fingerprint the previous release wrote, so its runs resume.
 
         Example:
-            >>> FinetuneConfig(lr=0.01).differences(FinetuneConfig())
-            ['lr: 0.001 -> 0.01']
+            >>> cfg = FinetuneConfig()
+            >>> cfg.fingerprint_matches(cfg.fingerprint()), cfg.fingerprint_matches("0" * 16)
+            (True, False)
         """
-        theirs = other.to_dict() if isinstance(other, FinetuneConfig) else dict(other)
-        mine = self.to_dict()
+        return fingerprint == self.fingerprint() or fingerprint in self._legacy_fingerprints()
+
+    def _legacy_fingerprints(self) -> set[str]:
+        """Fingerprints the previous (flat) release gave this config; empty if it could not."""
+        defaults = FinetuneConfig()
+        flat = self.flat_dict()
+        known = set(LEGACY_KEYS.values()) | {"model.name", "data.source", "cache.mode"}
+        # options that release did not have must be at their defaults
+        if any(v != defaults.flat_dict()[k] for k, v in flat.items() if k not in known):
+            return set()
+        old = {name: flat[new] for name, new in LEGACY_KEYS.items()}
+        old.update(model=self.model.name, data=self.data.source, cache=self.cache.mode)
+        ignored = {name for name, new in LEGACY_KEYS.items() if new in RESUME_IGNORED}
+        relevant = {k: v for k, v in old.items() if k not in ignored | {"cache"}}
+        out = {_hash(relevant)}
+        if relevant["layer_decay"] == 1.0:  # that release wrote "off" as null
+            out.add(_hash({**relevant, "layer_decay": None}))
+        return out
+
+    def differences(self, other: FinetuneConfig | Mapping[str, Any]) -> list[str]:
+        """``"unfreeze.lr: 0.001 -> 0.01"`` for every resume-relevant field that differs.
+
+        ``other`` may be a config or a mapping (a run's ``config.yaml``, old flat keys
+        included).
+
+        Example:
+            >>> cfg = FinetuneConfig(unfreeze=UnfreezeOptions(lr=0.01))
+            >>> cfg.differences(FinetuneConfig())
+            ['unfreeze.lr: 0.001 -> 0.01']
+        """
+        theirs = _as_config(other).flat_dict()
+        mine = self.flat_dict()
         return [
             f"{k}: {theirs.get(k)!r} -> {mine[k]!r}"
             for k in mine
-            if k not in RESUME_IGNORED and _plain(theirs.get(k)) != mine[k]
+            if k not in RESUME_IGNORED and theirs.get(k) != mine[k]
         ]
 
     def check_resume(self, saved: FinetuneConfig | Mapping[str, Any], run_dir: str | Path) -> None:
@@ -326,62 +620,137 @@ class FinetuneConfig:
             ConfigError: Naming the run directory and the fields that differ.
 
         Example:
-            >>> FinetuneConfig(lr=0.01).check_resume(FinetuneConfig(), "runs/a")
+            >>> FinetuneConfig(run=RunOptions(seed=1)).check_resume(FinetuneConfig(), "runs/a")
             Traceback (most recent call last):
             ...
-            layerlock.errors.ConfigError: cannot resume runs/a: it was started with a different config (lr: 0.001 -> 0.01); use the same settings or a new out_dir
+            layerlock.errors.ConfigError: cannot resume runs/a: it was started with a different config (run.seed: 0 -> 1); use the same settings or a new run.out_dir
         """
         diffs = self.differences(saved)
         if diffs:
             raise ConfigError(
                 f"cannot resume {run_dir}: it was started with a different config "
-                f"({'; '.join(diffs)}); use the same settings or a new out_dir"
+                f"({'; '.join(diffs)}); use the same settings or a new run.out_dir"
             )
 
 
-RESUME_IGNORED = frozenset(
-    {
-        "out_dir",
-        "resume",
-        "workers",
-        "cache",
-        "cache_budget_mb",
-        "cache_views",
-        "cache_dtype",
-        "log_every",
-        "device",
-        "bad_images",
-    }
-)
+def _as_config(value: FinetuneConfig | Mapping[str, Any]) -> FinetuneConfig:
+    """``value`` as a config; a mapping's bad entries are left at their defaults, quietly."""
+    if isinstance(value, FinetuneConfig):
+        return value
+    flat, _, _ = dotted_keys(value)
+    return _build(flat)[0]
+
+
+def _hash(values: Mapping[str, Any]) -> str:
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _warn(deprecations: list[str]) -> None:
+    for message in deprecations:
+        warnings.warn(message, FutureWarning, stacklevel=3)
+
+
+def _all_keys() -> list[str]:
+    return ["task"] + [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def dotted_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Normalise nested, dotted, shorthand and old flat keys to dotted keys.
+
+    Dashes in keys become underscores. Nothing is validated but the shape: unknown keys
+    pass through (``_build`` reports them).
+
+    Returns:
+        ``(values by dotted key, deprecation messages, problems)``.
+
+    Example:
+        >>> flat, old, _ = dotted_keys({"model": "timm:x", "run": {"epochs": 2}, "lr": 0.1})
+        >>> flat
+        {'model.name': 'timm:x', 'run.epochs': 2, 'unfreeze.lr': 0.1}
+        >>> old
+        ["config key 'lr' is deprecated: use 'unfreeze.lr' (the flat name stops working in the next release)"]
+    """
+    out: dict[str, Any] = {}
+    deprecations: list[str] = []
+    problems: list[str] = []
+    for raw, value in values.items():
+        key = str(raw).strip().replace("-", "_")
+        if key in SECTIONS:
+            if isinstance(value, SECTIONS[key]):
+                value = {f.name: getattr(value, f.name) for f in fields(SECTIONS[key])}
+            if isinstance(value, Mapping):
+                for sub, v in value.items():
+                    out[f"{key}.{str(sub).strip().replace('-', '_')}"] = v
+            elif key in _PRIMARY:
+                out[f"{key}.{_PRIMARY[key]}"] = value
+            else:
+                problems.append(f"{key}: expected a mapping of {key}.* keys, got {value!r}")
+        elif key in LEGACY_KEYS:
+            new = LEGACY_KEYS[key]
+            out[new] = value
+            deprecations.append(
+                f"config key {key!r} is deprecated: use {new!r} "
+                "(the flat name stops working in the next release)"
+            )
+        else:
+            out[key] = value
+    return out, deprecations, problems
 
 
 def _build(values: Mapping[str, Any]) -> tuple[FinetuneConfig, list[str]]:
-    """A config from ``values`` (bad entries left at their defaults) and every problem found."""
+    """A config from dotted ``values`` (bad entries left at their defaults) and every problem."""
     problems: list[str] = []
-    known = _field_types()
-    names = [n for n in known if n != "extra"]
-    kwargs: dict[str, Any] = {}
+    known = _all_keys()
+    kwargs: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    task: Any = "classify"
     for key, value in values.items():
-        key = str(key).replace("-", "_")
-        if key not in names:
-            problems.append(f"unknown key {key!r}{suggest(key, names)}")
+        if key not in known:
+            problems.append(f"unknown key {key!r}{_suggest_key(key, known)}")
             continue
+        if key == "task":
+            try:
+                task = _coerce(value, str)
+            except ValueError as exc:
+                problems.append(f"task: {exc}")
+            continue
+        section, _, leaf = key.partition(".")
+        if key == "unfreeze.layer_decay" and _is_none(value):
+            value = 1.0  # "none", as the previous release wrote it, means off
         try:
-            kwargs[key] = _coerce(value, known[key])
+            kwargs[section][leaf] = _coerce(value, _hints(SECTIONS[section])[leaf])
         except ValueError as exc:
             problems.append(f"{key}: {exc}")
-    cfg = FinetuneConfig(**kwargs)
-    problems.extend(
-        p
-        for p in cfg.problems()
-        if p.split(":", 1)[0] not in {q.split(":", 1)[0] for q in problems}
-    )
+    cfg = FinetuneConfig(task=task, **{name: SECTIONS[name](**kw) for name, kw in kwargs.items()})
+    reported = {p.split(":", 1)[0] for p in problems}
+    problems.extend(p for p in cfg.problems() if p.split(":", 1)[0] not in reported)
     return cfg, problems
 
 
-def _field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(FinetuneConfig)
-    return {f.name: hints[f.name] for f in fields(FinetuneConfig)}
+def _suggest_key(key: str, known: list[str]) -> str:
+    """``"; did you mean 'run.epochs'?"`` for a misspelt dotted, flat or bare field name."""
+    section, dot, leaf = key.partition(".")
+    if dot and section in SECTIONS:
+        leaves = [f.name for f in fields(SECTIONS[section])]
+        close = difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)
+        return suggest(key, [f"{section}.{m}" for m in close], n=len(close) or 1)
+    if dot:
+        return suggest(key, known)
+    by_leaf: dict[str, list[str]] = {}
+    for full in known:
+        by_leaf.setdefault(full.rpartition(".")[2], []).append(full)
+    for old, new in LEGACY_KEYS.items():
+        by_leaf.setdefault(old, []).append(new)
+    matches: list[str] = []
+    for leaf in difflib.get_close_matches(key, list(by_leaf), n=3, cutoff=0.6):
+        matches.extend(m for m in by_leaf[leaf] if m not in matches)
+    if not matches:
+        return ""
+    return "; did you mean " + " or ".join(repr(m) for m in matches[:3]) + "?"
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _format(problems: list[str]) -> str:
@@ -393,15 +762,21 @@ def _format(problems: list[str]) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    # Path, Schedule: their text form
+    return str(value)
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+
+
+_SIMPLE = (bool, int, float, str)
 
 
 def _coerce(value: Any, tp: Any) -> Any:
@@ -409,10 +784,13 @@ def _coerce(value: Any, tp: Any) -> Any:
     args = typing.get_args(tp)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if type(None) in args and (
-            value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
-        ):
+        # only the types a config file can spell (a Schedule is given as its text)
+        options = [
+            a
+            for a in args
+            if a in _SIMPLE or typing.get_origin(a) in (dict, tuple, Literal) or a is dict
+        ]
+        if type(None) in args and _is_none(value):
             return None
         # bool | str (pretrained): a boolean word is a bool, anything else the string
         if bool in options and str in options:
@@ -431,6 +809,11 @@ def _coerce(value: Any, tp: Any) -> Any:
         raise ValueError("; ".join(errors))
     if value is None:
         raise ValueError("must not be empty")
+    if origin is Literal:
+        text = str(value).strip()
+        if text in args:
+            return text
+        raise ValueError(f"expected {' or '.join(repr(a) for a in args)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -463,6 +846,21 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise ValueError(f"expected a string, got {value!r}")
         return str(value)
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = yaml.safe_load(text)
+                except yaml.YAMLError:
+                    raise ValueError(
+                        f"expected a list such as [pos_embed], got {value!r}"
+                    ) from None
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list such as [pos_embed], got {value!r}")
+        return tuple(str(v) for v in value)
     if origin is dict or tp is dict:
         if isinstance(value, str):
             try:
@@ -478,14 +876,14 @@ def _coerce(value: Any, tp: Any) -> Any:
 def parse_overrides(
     overrides: Sequence[str] | Mapping[str, Any],
 ) -> tuple[dict[str, Any], list[str]]:
-    """Turn ``["lr=1e-3", "data.path=x"]`` or a dict into a dict plus a list of problems.
+    """Turn ``["unfreeze.lr=1e-3", "data.path=x"]`` or a dict into a dict plus problems.
 
     ``key=value`` strings keep the value as text (types are applied by
     :class:`FinetuneConfig`); dashes in keys become underscores.
 
     Example:
-        >>> parse_overrides(["lr=1e-3", "bad"])
-        ({'lr': '1e-3'}, ["override 'bad' is not key=value"])
+        >>> parse_overrides(["unfreeze.lr=1e-3", "bad"])
+        ({'unfreeze.lr': '1e-3'}, ["override 'bad' is not key=value"])
     """
     if isinstance(overrides, Mapping):
         return {str(k).replace("-", "_"): v for k, v in overrides.items()}, []
@@ -507,21 +905,27 @@ def load_config(
 ) -> FinetuneConfig:
     """Load a :class:`FinetuneConfig` from YAML (optional) plus overrides, and validate it.
 
-    Overrides win over the file. Unknown keys and bad values, from both, are reported
-    together in one :class:`ConfigError` (one problem per line).
+    Overrides win over the file. Keys may be nested (YAML mappings per section), dotted
+    (``unfreeze.lr``), a section's shorthand (``model: timm:resnet18``) or the previous
+    release's flat names (mapped, with a :class:`FutureWarning` each and a message in
+    :attr:`FinetuneConfig.deprecations`). Unknown keys and bad values, from both sources,
+    are reported together in one :class:`ConfigError` (one problem per line).
 
     Args:
         path: A YAML file holding a mapping of config keys, or ``None`` for the defaults.
-        overrides: ``["key=value", ...]`` strings or a dict.
+        overrides: ``["section.key=value", ...]`` strings or a dict.
 
     Raises:
         ConfigError: Unreadable YAML or any problem with the values.
 
     Example:
-        >>> load_config(overrides={"schedule": "full", "epochs": 2}).schedule
-        'full'
+        >>> cfg = load_config(overrides={"unfreeze.schedule": "full", "run.epochs": 2})
+        >>> cfg.unfreeze.schedule, cfg.run.epochs
+        ('full', 2)
     """
     values: dict[str, Any] = {}
+    deprecations: list[str] = []
+    problems: list[str] = []
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -535,10 +939,17 @@ def load_config(
             raise ConfigError(
                 f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}"
             )
-        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    extra, problems = parse_overrides(overrides)
-    values.update(extra)
+        flat, deprecations, problems = dotted_keys(loaded)
+        values.update(flat)
+    extra, more = parse_overrides(overrides)
+    problems.extend(more)
+    flat, old, more = dotted_keys(extra)
+    deprecations.extend(d for d in old if d not in deprecations)
+    problems.extend(more)
+    values.update(flat)
+    _warn(deprecations)
     cfg, more = _build(values)
+    cfg.deprecations = deprecations
     problems.extend(more)
     if problems:
         raise ConfigError(_format(problems))

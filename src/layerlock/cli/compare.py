@@ -8,8 +8,9 @@ import os
 import sys
 from typing import Any
 
+from ..config import LEGACY_KEYS
 from . import examples
-from .finetune import add_arguments, config_from_args
+from .finetune import add_arguments, config_from_args, flag_dest
 
 __all__ = ["add_parser", "run"]
 
@@ -30,7 +31,7 @@ def add_parser(sub: Any) -> None:
         epilog=examples(
             "layerlock compare                                    # demo task, all schedules",
             "layerlock compare --schedules lp,full,lp-ft,gradual --out-dir runs/compare",
-            "layerlock compare --schedules 'gradual:every=2,start=1; lp-ft:at=3' epochs=6",
+            "layerlock compare --schedules 'gradual:every=2,start=1; lp-ft:at=3' run.epochs=6",
             "layerlock compare --model timm:resnet18 --pretrained --data folder --data-path data/",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ..compare import compare, split_schedules
 
     schedules = split_schedules(args.schedules)
-    extra = {} if args.opt_out_dir or _has_key(args, "out_dir") else {"out_dir": "runs/compare"}
+    given = getattr(args, flag_dest("run.out_dir")) or _has_key(args, "run.out_dir")
+    extra = {} if given else {"run.out_dir": "runs/compare"}
     config = config_from_args(args, **extra)
     err = Console(stderr=True)
     quiet = args.quiet
@@ -74,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _has_key(args: argparse.Namespace, key: str) -> bool:
-    if any(o.split("=", 1)[0].strip().lstrip("-").replace("-", "_") == key for o in args.overrides):
+    """Whether a ``KEY=VALUE`` override (dotted or old flat name) or ``--config`` may set ``key``."""
+    names = {key} | {old for old, new in LEGACY_KEYS.items() if new == key}
+    if any(
+        o.split("=", 1)[0].strip().lstrip("-").replace("-", "_") in names for o in args.overrides
+    ):
         return True
     return bool(args.config)

@@ -10,39 +10,58 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
-from ..config import FinetuneConfig, load_config
+from ..config import FinetuneConfig, dotted_keys, load_config
 from ..errors import ConfigError
 from . import examples
 
-__all__ = ["add_arguments", "add_parser", "config_from_args", "run"]
+__all__ = ["FLAGS", "add_arguments", "add_parser", "config_from_args", "flag_dest", "run"]
 
-#: ``--flag`` -> config key, for the options most runs set.
+#: ``--flag`` -> dotted config key, for the options most runs set.
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "--model": ("model", str, "timm:NAME | open_clip:NAME | hf:NAME | module:PATH:FACTORY | demo"),
-    "--checkpoint": ("checkpoint", str, "local weights (safetensors) loaded into the model"),
-    "--data": ("data", str, "demo | folder | csv | hf"),
-    "--data-path": ("data_path", str, "ImageFolder root (train/, val/) or HF dataset name"),
-    "--train-csv": ("train_csv", str, "CSV of path,label rows for training"),
-    "--val-csv": ("val_csv", str, "CSV of path,label rows for evaluation"),
-    "--schedule": ("schedule", str, "lp-ft | full | lp | gradual | chain-thaw | '0:1, 2:all' ..."),
-    "--epochs": ("epochs", int, "training epochs"),
-    "--batch-size": ("batch_size", int, "images per step and process"),
-    "--lr": ("lr", float, "peak learning rate of the head"),
-    "--seed": ("seed", int, "seed of everything random"),
-    "--workers": ("workers", int, "data-loader worker processes"),
-    "--precision": ("precision", str, "auto | fp32 | bf16"),
-    "--device": ("device", str, "auto | cpu | cuda | mps"),
-    "--out-dir": ("out_dir", str, "run directory (a new one: -2, -3 ... if it holds a run)"),
+    "--model": (
+        "model.name",
+        str,
+        "timm:NAME | open_clip:NAME | hf:NAME | module:PATH:FACTORY | demo",
+    ),
+    "--checkpoint": ("model.checkpoint", str, "local weights (safetensors) loaded into the model"),
+    "--data": ("data.source", str, "demo | folder | csv | hf"),
+    "--data-path": ("data.path", str, "ImageFolder root (train/, val/) or HF dataset name"),
+    "--train-csv": ("data.train_csv", str, "CSV of path,label rows for training"),
+    "--val-csv": ("data.val_csv", str, "CSV of path,label rows for evaluation"),
+    "--schedule": (
+        "unfreeze.schedule",
+        str,
+        "lp-ft | full | lp | gradual | chain-thaw | '0:1, 2:all' ...",
+    ),
+    "--epochs": ("run.epochs", int, "training epochs"),
+    "--batch-size": ("run.batch_size", int, "images per step and process"),
+    "--lr": ("unfreeze.lr", float, "peak learning rate of the head"),
+    "--seed": ("run.seed", int, "seed of everything random"),
+    "--workers": ("data.workers", str, "data-loader worker processes, or auto"),
+    "--precision": ("run.precision", str, "auto | fp32 | bf16"),
+    "--device": ("run.device", str, "auto | cpu | cuda | mps"),
+    "--out-dir": ("run.out_dir", str, "run directory (a new one: -2, -3 ... if it holds a run)"),
     "--cache": (
-        "cache",
+        "cache.mode",
         str,
         "auto | on | off: serve the locked groups' output from a feature cache "
         "(auto decides per stage and logs why)",
     ),
-    "--cache-budget": ("cache_budget_mb", int, "MiB the feature cache may use (default 1024)"),
+    "--cache-budget": ("cache.budget_mb", int, "MiB the feature cache may use (default 1024)"),
 }
+
+
+def flag_dest(key: str) -> str:
+    """The argparse destination of the flag that sets dotted config ``key``.
+
+    Example:
+        >>> flag_dest("run.out_dir")
+        'opt_run_out_dir'
+    """
+    return "opt_" + key.replace(".", "_")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,11 +70,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="any config key, e.g. lr=3e-4 layer_decay=0.75 'augmentation={hflip: 0.0}'",
+        help=(
+            "any config key, dotted by section, e.g. unfreeze.lr=3e-4 "
+            "unfreeze.layer_decay=0.75 'data.augmentation={hflip: 0.0}'"
+        ),
     )
     p.add_argument("--config", "-c", metavar="FILE", help="YAML file of config keys")
     for flag, (key, typ, text) in FLAGS.items():
-        p.add_argument(flag, dest=f"opt_{key}", type=typ, default=None, help=text)
+        metavar = key.rpartition(".")[2].upper()
+        p.add_argument(
+            flag, dest=flag_dest(key), type=typ, default=None, metavar=metavar, help=text
+        )
     p.add_argument(
         "--pretrained",
         nargs="?",
@@ -75,16 +100,19 @@ def add_parser(sub: Any) -> None:
         description=(
             "Fine-tune a pretrained image classifier by layer groups and keep everything in a "
             "run directory (config.yaml, metrics CSV/JSONL, charts, model.safetensors, "
-            "checkpoint.pt). Config: defaults < --config FILE < KEY=VALUE < --flags. With no "
-            "arguments: the embedded demo (ViT pretrained on MNIST 0-4, fine-tuned on 5-9)."
+            "checkpoint.pt). Config: defaults < --config FILE < KEY=VALUE < --flags; keys are "
+            "dotted by section (model., data., unfreeze., cache., run.), a YAML file nests "
+            "them. With no arguments: the embedded demo (ViT pretrained on MNIST 0-4, "
+            "fine-tuned on 5-9)."
         ),
         epilog=examples(
             "layerlock finetune                                   # the embedded demo",
             "layerlock finetune --model timm:resnet18 --pretrained --data folder --data-path data/",
             "layerlock finetune --model open_clip:ViT-B-32 --pretrained openai --data csv \\",
-            "    --train-csv train.csv --val-csv val.csv schedule=gradual layer_decay=0.75",
-            "layerlock finetune --config run.yaml lr=3e-4 --epochs 20",
-            "layerlock finetune --cache on deterministic_train_transform=true  # cache the locked prefix",
+            "    --train-csv train.csv --val-csv val.csv unfreeze.schedule=gradual \\",
+            "    unfreeze.layer_decay=0.75",
+            "layerlock finetune --config run.yaml unfreeze.lr=3e-4 run.epochs=20",
+            "layerlock finetune --cache on data.deterministic_train_transform=true  # cache the locked prefix",
             "layerlock finetune --resume runs/finetune           # continue an interrupted run",
             "torchrun --nproc_per_node 2 -m layerlock finetune --data folder --data-path data/",
         ),
@@ -105,12 +133,15 @@ def add_parser(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace, **extra: Any) -> FinetuneConfig:
     """Merge defaults, ``--config``, ``KEY=VALUE`` overrides and flags into a config.
 
-    With ``--resume RUN_DIR`` and no ``--config``, the run's own ``config.yaml`` is the base.
+    With ``--resume RUN_DIR`` and no ``--config``, the run's own ``config.yaml`` is the base
+    (one written by the previous release, with flat keys, too). ``extra`` holds dotted keys
+    that win over everything. Old flat keys among the overrides or in ``--config`` print
+    one line each on stderr naming the new key.
 
     Example:
         >>> import argparse
         >>> p = argparse.ArgumentParser(); add_arguments(p)
-        >>> config_from_args(p.parse_args(["epochs=2", "--lr", "0.01"])).lr
+        >>> config_from_args(p.parse_args(["run.epochs=2", "--lr", "0.01"])).unfreeze.lr
         0.01
     """
     from ..finetune import load_run_config
@@ -126,21 +157,30 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> FinetuneConfig:
     if bad:
         raise ConfigError("; ".join(bad))
     for _, (key, _, _) in FLAGS.items():
-        value = getattr(args, f"opt_{key}", None)
+        value = getattr(args, flag_dest(key), None)
         if value is not None:
             overrides[key] = value
     if args.pretrained is not None:
-        overrides["pretrained"] = args.pretrained
+        overrides["model.pretrained"] = args.pretrained
     resume = getattr(args, "resume", None)
     base: dict[str, Any] = {}
     if resume and not args.config:
-        base = load_run_config(resume)
+        # the run's own file: its old flat keys are not the user's to rename
+        base, _, _ = dotted_keys(load_run_config(resume))
     if resume:
-        overrides["resume"] = resume
+        overrides["run.resume"] = resume
     overrides.update(extra)
-    if base:
-        return load_config(overrides={**base, **overrides})
-    return load_config(args.config, overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # printed below, once per key
+        if base:
+            # dotted base first: an override, even an old flat key, wins
+            config = load_config(overrides={**base, **overrides})
+        else:
+            config = load_config(args.config, overrides)
+    command = getattr(args, "command", None) or "finetune"
+    for message in config.deprecations:
+        print(f"layerlock {command}: warning: {message}", file=sys.stderr)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,10 +11,14 @@ from typing import Any
 from ..errors import ConfigError, ScheduleError
 from ..groups import layer_groups
 from ..optim import group_multipliers
+from ..options import UnfreezeOptions
 from ..schedule import PRESETS, ResolvedSchedule, parse_schedule, resolve_schedule
 from . import examples
 
 __all__ = ["add_parser", "plan_data", "render_png", "run"]
+
+# the flags' defaults are the unfreezing options' own
+_DEFAULTS = UnfreezeOptions()
 
 
 def add_parser(sub: Any) -> None:
@@ -54,12 +58,16 @@ def add_parser(sub: Any) -> None:
         help="optimizer steps per epoch (default 1)",
     )
     p.add_argument(
-        "--layer-decay", type=float, default=1.0, metavar="D", help="layer-wise LR decay (1 = off)"
+        "--layer-decay",
+        type=float,
+        default=_DEFAULTS.layer_decay,
+        metavar="D",
+        help="layer-wise LR decay (1 = off)",
     )
     p.add_argument(
         "--discriminative",
         type=float,
-        default=1.0,
+        default=_DEFAULTS.discriminative,
         metavar="F",
         help="ULMFiT factor per group (1 = off)",
     )
