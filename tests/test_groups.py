@@ -317,3 +317,14 @@ def test_unrelated_layer_groups_method_falls_back(cnn: nn.Module) -> None:
     assert groups.adapter == "own"
     assert groups.names == layerlock.layer_groups(cnn).names
     assert any("does not return layer groups" in n and "generic" in n for n in groups.notes)
+
+
+def test_layer_groups_property_is_not_the_protocol(cnn: nn.Module) -> None:
+    class WithProperty(type(cnn)):  # type: ignore[misc]
+        @property
+        def layer_groups(self):  # another library's attribute of that name: never called
+            raise RuntimeError("must not be evaluated")
+
+    model = copy.deepcopy(cnn)
+    model.__class__ = WithProperty
+    assert layerlock.layer_groups(model).adapter == "generic"

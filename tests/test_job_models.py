@@ -241,6 +241,22 @@ def test_classifier_logits_names_the_bad_output() -> None:
         classifier_logits({"x": torch.zeros(1)})
 
 
-def test_unknown_model_family_in_build_classifier(tmp_path: Path) -> None:
+def test_unknown_model_family_in_build_classifier() -> None:
     with pytest.raises(layerlock.ConfigError, match=r"unknown model family 'tim'.*did you mean"):
         build_classifier("tim:test_vit", CLASSES)
+
+
+def test_checkpoint_keeps_the_trunk_and_leaves_a_new_head(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_vit", num_classes=7)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model, notes, _ = build_classifier("timm:test_vit", CLASSES, checkpoint=str(path))
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    assert model.num_classes == 3 and notes[-1] == f"weights loaded from {path} (new head)"
+    save_file({"foo.weight": torch.zeros(2, 2)}, str(path))
+    with pytest.raises(layerlock.ConfigError, match=r"has none of the model's tensor names"):
+        build_classifier("timm:test_vit", CLASSES, checkpoint=str(path))

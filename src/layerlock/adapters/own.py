@@ -7,7 +7,8 @@ whose ``layer_groups()`` returns, input side first, either
   parameter names of the module (``None`` entries are skipped), or
 - a :class:`~layerlock.LayerGroups` of the module (its groups' parameters are used);
 
-is split exactly so. A method with a ``coarse`` parameter is called with
+is split exactly so (the method is looked up on the class: a ``layer_groups`` property is
+not one). A method with a ``coarse`` parameter is called with
 ``coarse=...``; one without it gives its groups for both. Every parameter must be in
 exactly one group (a tied parameter counts for the first group that names it; empty
 groups are dropped), else :class:`~layerlock.PartitionError` names what is missing.
@@ -49,6 +50,13 @@ def _running(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         _RUNNING.reset(token)
+
+
+def _method(model: nn.Module) -> Any:
+    """The bound ``layer_groups`` method, looked up on the class (a property is not one)."""
+    if not callable(getattr(type(model), "layer_groups", None)):
+        return None
+    return model.layer_groups
 
 
 def _takes_coarse(fn: Any) -> bool:
@@ -96,8 +104,8 @@ def own_groups(model: nn.Module, coarse: bool = False) -> list[RawGroup] | None:
         >>> [name for name, _, _ in own_groups(Net(nn.Linear(2, 2), nn.Linear(2, 1)))]
         ['body', 'head']
     """
-    fn = getattr(model, "layer_groups", None)
-    if not callable(fn) or id(model) in _RUNNING.get():
+    fn = _method(model)
+    if fn is None or id(model) in _RUNNING.get():
         return None  # a method that asks layerlock for its model's groups wants another rule
     with _running(model):
         result = fn(coarse=coarse) if _takes_coarse(fn) else fn()
@@ -124,7 +132,7 @@ class OwnAdapter(Adapter):
         super().__init__(name="own")
 
     def matches(self, model: nn.Module) -> bool:
-        return callable(getattr(model, "layer_groups", None)) and id(model) not in _RUNNING.get()
+        return _method(model) is not None and id(model) not in _RUNNING.get()
 
     def groups(self, model: nn.Module, coarse: bool = False) -> list[GroupSpec]:
         self.notes = []
@@ -142,7 +150,7 @@ class OwnAdapter(Adapter):
                 *fallback.notes,
             ]
             return specs
-        if coarse and not _takes_coarse(model.layer_groups):
+        if coarse and not _takes_coarse(_method(model)):
             self.notes.append(f"{what} has no coarse form; its groups are used as they are")
         return _resolve(model, raw, what)
 
