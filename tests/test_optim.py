@@ -162,3 +162,43 @@ def test_factory_optimizer_keeps_names_and_is_managed(vit: nn.Module) -> None:
     lrs = {pg["name"]: pg["lr"] for pg in u.optimizer.param_groups}
     assert lrs["head"] > 0 and lrs["head/no_decay"] > 0
     assert all(v == 0.0 for k, v in lrs.items() if not k.startswith("head"))
+
+
+def test_create_optimizer_covers_every_group_with_the_unfreezers_rules(vit: nn.Module) -> None:
+    from layerlock import UnfreezeOptions, create_optimizer, lock
+
+    lock(vit, 1)  # locked groups are in the optimizer too
+    opts = UnfreezeOptions(lr=0.1, weight_decay=0.02, layer_decay=0.5, discriminative=2.0)
+    opt = create_optimizer(vit, opts, no_weight_decay=("blocks.0.attn.*",))
+    assert isinstance(opt, torch.optim.AdamW)
+    held = [id(p) for pg in opt.param_groups for p in pg["params"]]
+    assert sorted(held) == sorted(id(p) for p in vit.parameters())  # each exactly once
+    expected = param_groups(
+        layer_groups(vit),
+        lr=0.1,
+        weight_decay=0.02,
+        layer_decay=0.5,
+        discriminative=2.0,
+        no_weight_decay=["blocks.0.attn.*"],
+    )
+    got = [(pg["name"], pg["lr"], pg["weight_decay"]) for pg in opt.param_groups]
+    assert got == [(pg["name"], pg["lr"], pg["weight_decay"]) for pg in expected]
+    u = Unfreezer(vit, opts, epochs=1, steps_per_epoch=1, lr_schedule="constant")
+    assert [pg["name"] for pg in u.optimizer.param_groups] == [g[0] for g in got]
+    assert opts.lr == 0.1 and opts.lr_schedule == "cosine", "options are never modified"
+
+
+def test_create_optimizer_factory_defaults_and_errors(vit: nn.Module) -> None:
+    from layerlock import ConfigError, create_optimizer
+
+    sgd = create_optimizer(vit, factory=lambda pgs: torch.optim.SGD(pgs, lr=1.0), lr=0.2)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert {pg["lr"] for pg in sgd.param_groups} == {0.2}
+    decayed = {pg["weight_decay"] for pg in create_optimizer(vit).param_groups}
+    assert decayed == {0.0, 0.05}  # the one weight-decay default, none for norms/biases
+    with pytest.raises(ConfigError, match="not a torch.optim.Optimizer"):
+        create_optimizer(vit, factory=lambda pgs: pgs)
+    with pytest.raises(ConfigError, match="unknown unfreezing option 'layer_dacay'; did you"):
+        create_optimizer(vit, layer_dacay=0.5)
+    with pytest.raises(ConfigError, match=r"2 problems .*\n  lr: .*\n  weight_decay: must be"):
+        create_optimizer(vit, lr=0.0, weight_decay=-1.0)

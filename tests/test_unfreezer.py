@@ -223,3 +223,41 @@ def test_fit_loop_helper_records_events_lrs_and_checks_loader_length() -> None:
     u2 = Unfreezer(ConvBNNet(), "full", epochs=1, steps_per_epoch=5)
     with pytest.raises(ConfigError, match="epoch 0 had 3 batches.*steps_per_epoch=5"):
         fit(u2, data, nn.functional.cross_entropy, epochs=1)
+
+
+def test_options_object_schedule_text_and_keyword_overrides_agree() -> None:
+    from layerlock.errors import ConfigError
+    from layerlock.options import UnfreezeOptions
+    from layerlock.schedule import parse_schedule
+
+    opts = UnfreezeOptions(schedule="0:1, 1:all", lr=0.01, weight_decay=0.0, layer_decay=0.5)
+    a = Unfreezer(ConvBNNet(), opts, epochs=2, steps_per_epoch=2)
+    b = Unfreezer(
+        ConvBNNet(),
+        "0:1, 1:all",
+        epochs=2,
+        steps_per_epoch=2,
+        lr=0.01,
+        weight_decay=0.0,
+        layer_decay=0.5,
+    )
+    c = Unfreezer(
+        ConvBNNet(),
+        parse_schedule("0:1, 1:all"),
+        epochs=2,
+        steps_per_epoch=2,
+        lr=0.01,
+        weight_decay=0.0,
+        layer_decay=0.5,
+    )
+    d = Unfreezer(ConvBNNet(), opts, epochs=2, steps_per_epoch=2, lr=0.02)  # keyword wins
+    assert a.options == b.options and str(a.schedule) == str(c.schedule)
+    lrs = [{pg["name"]: pg["lr"] for pg in u.optimizer.param_groups} for u in (a, b, c, d)]
+    assert lrs[0] == lrs[1] == lrs[2] and lrs[3]["head"] == 2 * lrs[0]["head"]
+    assert d.options.lr == 0.02 and opts.lr == 0.01
+    default = Unfreezer(ConvBNNet(), epochs=1, steps_per_epoch=1)
+    assert default.options == UnfreezeOptions() and default.freeze_bn_stats is True
+    with pytest.raises(ConfigError, match="unknown unfreezing option 'lr_sched'; did you mean"):
+        Unfreezer(ConvBNNet(), "full", epochs=1, steps_per_epoch=1, lr_sched="linear")
+    with pytest.raises(ConfigError, match=r"2 problems in the unfreezing options:\n  lr: "):
+        Unfreezer(ConvBNNet(), "full", epochs=1, steps_per_epoch=1, lr=-1, tower="vision")

@@ -162,7 +162,7 @@ def test_layerlock_optimizer_unlocked_groups_train_locked_stay_identical(tmp_pat
 def test_trainer_optimizer_built_from_locked_model_gets_missing_params(tmp_path: Path) -> None:
     model = tiny_bert()
     lock(model, 1)  # lock first: Trainer's own optimizer then holds the head only
-    cb = LayerlockTrainerCallback("lp-ft")
+    cb = LayerlockTrainerCallback("lp-ft", weight_decay=0.1)  # Trainer's args.weight_decay
     probe = Probe(cb)
     trainer = Trainer(model=model, args=args(tmp_path), train_dataset=Data(), callbacks=[cb, probe])
     with pytest.warns(UserWarning, match="added param groups"):
@@ -209,7 +209,7 @@ def test_lr_formula_is_applied_every_step(tmp_path: Path) -> None:
     model = tiny_bert()
     cb = LayerlockTrainerCallback("0:1, 1:all", lr=1e-2, layer_decay=0.5, lr_schedule="constant")
     probe = Probe(cb)
-    opt = layerlock_optimizer(model, lr=1e-2, layer_decay=0.5)
+    opt = layerlock_optimizer(model, lr=1e-2, layer_decay=0.5, weight_decay=0.0)
     Trainer(
         model=model,
         args=args(tmp_path),
@@ -235,6 +235,22 @@ def test_errors(tmp_path: Path) -> None:
     trainer = Trainer(model=tiny_bert(), args=args(tmp_path), train_dataset=Data(), callbacks=[cb])
     with pytest.raises(ScheduleError, match="7"):
         trainer.train()
+
+
+def test_options_object_and_keywords_share_the_unfreezer_options() -> None:
+    from layerlock import UnfreezeOptions
+
+    opts = UnfreezeOptions(schedule="lp-ft", tower="text")
+    cb = LayerlockTrainerCallback(opts, unlock_warmup_steps=5)
+    assert cb.options == UnfreezeOptions(schedule="lp-ft", tower="text", unlock_warmup_steps=5)
+    assert not cb.manage_lr and cb.lr is None
+    assert LayerlockTrainerCallback(opts, lr=1e-2).lr == 1e-2
+    model = tiny_bert()
+    opt = layerlock_optimizer(model, opts, lr=0.1, betas=(0.8, 0.9))
+    assert opt.defaults["betas"] == (0.8, 0.9)
+    assert {pg["weight_decay"] for pg in opt.param_groups} == {0.0, opts.weight_decay}
+    with pytest.raises(ConfigError, match="lr: must be a finite number > 0"):
+        layerlock_optimizer(model, lr=float("nan"))
 
 
 def test_missing_transformers_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -202,7 +202,7 @@ def test_resume_restores_trainable_set_and_equals_uninterrupted_run(tmp_path: Pa
     resumed = Model(scheduler=False)
     trainer(3, [resumed_cb, AtStart()]).fit(resumed, loader(), ckpt_path=ckpt)
     groups = resumed_cb.unfreezer.groups.names
-    assert seen[0] == list(groups[-3:])  # not re-locked to the head (Lightning #21901)
+    assert seen[0] == list(groups[-3:])  # not re-locked to the head
     assert not any(n.startswith(("backbone.stem", "backbone.blocks.0")) for n in seen[1])
     for (n, a), b in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), n
@@ -216,6 +216,20 @@ def test_errors() -> None:
     cb = LayerlockFinetuning("lp-ft", module_attr="backbon")
     with pytest.raises(ConfigError, match="no submodule 'backbon'; did you mean 'backbone'"):
         trainer(1, [cb]).fit(Model(), loader())
+
+
+def test_options_object_and_keywords_share_the_unfreezer_options() -> None:
+    from layerlock import UnfreezeOptions
+
+    opts = UnfreezeOptions(schedule="gradual", layer_decay=0.5)
+    cb = LayerlockFinetuning(opts, module_attr="backbone", weight_decay=0.0)
+    assert cb.options == UnfreezeOptions(schedule="gradual", layer_decay=0.5, weight_decay=0.0)
+    assert str(cb.schedule) == "gradual" and not cb.manage_lr and cb.lr is None
+    assert LayerlockFinetuning("lp-ft", lr=1e-2).manage_lr  # an lr keyword sets the LRs
+    assert LayerlockFinetuning(opts, manage_lr=True).lr == opts.lr
+    assert not LayerlockFinetuning("lp-ft", lr=None).manage_lr
+    with pytest.raises(ConfigError, match="unknown unfreezing option 'towr'; did you mean"):
+        LayerlockFinetuning("lp-ft", towr="visual")
 
 
 def test_missing_lightning_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
