@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from layerlock.config import FinetuneConfig
+from layerlock import UnfreezeOptions
+from layerlock.config import DataOptions, FinetuneConfig, ModelOptions, RunOptions
 from layerlock.finetune import finetune
 
 
@@ -36,15 +37,12 @@ def write_toy_data(root: Path, per_class: int = 6) -> Path:
 def main() -> None:
     data = write_toy_data(Path(tempfile.mkdtemp()) / "toy")
     config = FinetuneConfig(
-        model="timm:test_resnet",  # a tiny CNN with BatchNorm; try timm:resnet18 pretrained=True
-        data="folder",
-        data_path=str(data),
-        schedule="gradual",  # head first, then one more group from the top every epoch
-        epochs=3,
-        batch_size=6,
-        lr=3e-3,
-        layer_decay=0.8,
-        out_dir="runs/example",
+        # a tiny CNN with BatchNorm; try ModelOptions("timm:resnet18", pretrained=True)
+        model=ModelOptions("timm:test_resnet"),
+        data=DataOptions(source="folder", path=str(data)),
+        # head first, then one more group from the top every epoch
+        unfreeze=UnfreezeOptions("gradual", lr=3e-3, layer_decay=0.8),
+        run=RunOptions(epochs=3, batch_size=6, out_dir="runs/example"),
     )
     result = finetune(config)
     print(f"top-1 {result.final_top1:.1%} after {result.steps} steps; files in {result.run_dir}")

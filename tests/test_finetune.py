@@ -17,7 +17,9 @@ from PIL import Image
 from layerlock.cli import main
 from layerlock.config import FinetuneConfig
 from layerlock.errors import ConfigError, LayerlockError, ScheduleError, UnknownModelError
-from layerlock.finetune import _EpochOrder, build_classifier, finetune
+from layerlock.finetune import ClassificationTask, finetune
+from layerlock.finetune.reproducible import EpochOrder
+from layerlock.models import build_classifier
 
 CLASSES = ("red", "green", "blue")
 
@@ -107,7 +109,7 @@ def test_missing_data_folder_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     line = _cli_error(["--data", "folder", "--data-path", str(tmp_path / "nope")], capsys)
-    assert "data_path: folder" in line and "does not exist" in line
+    assert "data.path: folder" in line and "does not exist" in line
 
 
 def test_empty_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,7 +196,7 @@ def test_resume_from_a_different_config(tmp_path: Path) -> None:
     assert first.interrupted
     changed = tiny_config(tmp_path, epochs=1, lr=0.01, resume=str(first.run_dir))
     with pytest.raises(
-        ConfigError, match=r"cannot resume .*different config \(lr: 0.001 -> 0.01\)"
+        ConfigError, match=r"cannot resume .*different config \(unfreeze.lr: 0.001 -> 0.01\)"
     ):
         finetune(changed)
 
@@ -236,9 +238,7 @@ def test_checkpoint_loaded_with_new_head(tmp_path: Path) -> None:
     source = timm.create_model("test_vit", num_classes=7)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    model, notes, _ = build_classifier(
-        FinetuneConfig(model="timm:test_vit", checkpoint=str(path)), list(CLASSES)
-    )
+    model, notes, _ = build_classifier("timm:test_vit", list(CLASSES), checkpoint=str(path))
     assert torch.equal(
         model.state_dict()["blocks.0.attn.qkv.weight"],
         source.state_dict()["blocks.0.attn.qkv.weight"],
@@ -269,7 +269,7 @@ def test_corrupt_image_skipped_or_error(tmp_path: Path) -> None:
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
-    a, b = _EpochOrder(10, 0, 0, 1, 4), _EpochOrder(10, 0, 0, 1, 4)
+    a, b = EpochOrder(10, 0, 0, 1, 4), EpochOrder(10, 0, 0, 1, 4)
     a.epoch = b.epoch = 3
     assert list(a) == list(b) and sorted(a) == list(range(10))
     b.skip = 4
@@ -277,10 +277,10 @@ def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
     a.epoch = 4
     assert list(a) != list(b)
     # two ranks: disjoint shards covering everything, equal lengths
-    r0, r1 = _EpochOrder(9, 0, 0, 2, 3), _EpochOrder(9, 0, 1, 2, 3)
+    r0, r1 = EpochOrder(9, 0, 0, 2, 3), EpochOrder(9, 0, 1, 2, 3)
     assert len(r0) == len(r1) and set(r0) | set(r1) == set(range(9))
     # a last batch of one image is dropped (BatchNorm cannot train on it)
-    assert len(_EpochOrder(9, 0, 0, 1, 4)) == 8
+    assert len(EpochOrder(9, 0, 0, 1, 4)) == 8
 
 
 def test_cli_help_ends_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
@@ -312,24 +312,21 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path: Path) -> None:
 def test_evaluate_top5_only_beyond_five_classes() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
-    from layerlock.finetune import _evaluate
-
     torch.manual_seed(0)
     for classes in (3, 7):
         data = TensorDataset(torch.randn(20, 4), torch.arange(20) % classes)
-        ev = _evaluate(
+        ev = ClassificationTask([str(c) for c in range(classes)]).evaluate(
             torch.nn.Linear(4, classes),
             DataLoader(data, batch_size=6),
             torch.device("cpu"),
-            classes,
             None,
         )
         assert (ev["val_top5"] is None) == (classes <= 5)
-        assert len(ev["per_class"]) == classes
+        assert len(ev["_per_class"]) == classes
         if ev["val_top5"] is not None:
             assert ev["val_acc"] <= ev["val_top5"] <= 1.0
         counts = torch.bincount(torch.arange(20) % classes).double()
         assert (
-            abs(sum(a * c for a, c in zip(ev["per_class"], counts.tolist())) / 20 - ev["val_acc"])
+            abs(sum(a * c for a, c in zip(ev["_per_class"], counts.tolist())) / 20 - ev["val_acc"])
             < 1e-9
         )

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
 from layerlock.cli import main
 from layerlock.config import FinetuneConfig
-from layerlock.finetune import build_classifier, finetune
+from layerlock.finetune import finetune
+from layerlock.models import build_classifier
 from layerlock.runs import read_jsonl
 from test_finetune import CLASSES, make_csv, make_folder, tiny_config
 
@@ -119,9 +121,7 @@ def test_open_clip_zero_shot_head(tmp_path: Path) -> None:
 
     name = _register_tiny_clip(tmp_path)
     torch.manual_seed(0)
-    model, notes, groups = build_classifier(
-        FinetuneConfig(model=f"open_clip:{name}"), list(CLASSES)
-    )
+    model, notes, groups = build_classifier(f"open_clip:{name}", list(CLASSES))
     torch.manual_seed(0)
     clip = open_clip.create_model(name)  # same seed: same weights as the one wrapped
     tokens = open_clip.get_tokenizer(name)([f"a photo of a {c}." for c in CLASSES])
@@ -220,12 +220,14 @@ def test_cli_stop_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_demo_default_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["finetune", "epochs=1", "shots_per_class=4", f"out_dir={tmp_path / 'demo'}"])
+    code = main(
+        ["finetune", "run.epochs=1", "data.shots_per_class=4", f"run.out_dir={tmp_path / 'demo'}"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "layerlock finetune: finished" in out and "per-class top-1" in out
-    cfg = (tmp_path / "demo" / "config.yaml").read_text()
-    assert "model: demo" in cfg and "schedule: lp-ft" in cfg
+    cfg = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "demo" and cfg["unfreeze"]["schedule"] == "lp-ft"
 
 
 def test_example_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

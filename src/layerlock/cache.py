@@ -14,7 +14,8 @@ prefix's parameters and buffers (BatchNorm statistics), the preprocessing (the d
 changing a frozen weight or the preprocessing makes :meth:`FeatureCache.stale_reason`
 say why, and the caller refills or trains uncached.
 
-:func:`should_cache` is the cost model behind ``--cache auto``.
+:func:`~layerlock.cache_policy.should_cache` (re-exported here) is the cost model behind
+``cache=auto``; the policy lives in :mod:`layerlock.cache_policy`.
 
 Example:
     >>> import torch, timm
@@ -44,8 +45,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .cache_policy import CacheDecision, describe_bytes, should_cache
 from .errors import ConfigError, LayerlockError
-from .groups import LayerGroups
 from .split import Split
 
 __all__ = [
@@ -63,20 +64,6 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 class CacheBudgetError(LayerlockError, MemoryError):
     """The features do not fit in the cache budget."""
-
-
-def describe_bytes(n: float) -> str:
-    """``1536 -> '1.5 KB'`` (powers of 1024).
-
-    Example:
-        >>> describe_bytes(3 * 2**30)
-        '3.0 GB'
-    """
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
@@ -490,139 +477,3 @@ class _eval_mode:
     def __exit__(self, *exc: object) -> None:
         for m, flag in self.flags:
             m.training = flag
-
-
-# -- the cost model --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CacheDecision:
-    """What :func:`should_cache` decided.
-
-    Attributes:
-        cache: Whether to cache.
-        reason: One line to log.
-        speedup: Cost-model speed-up of an epoch after the fill (uncached / cached).
-        break_even_epochs: Epochs after which the fill has paid for itself.
-        nbytes: Size of the features (0 when unknown).
-    """
-
-    cache: bool
-    reason: str
-    speedup: float
-    break_even_epochs: float
-    nbytes: int = 0
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-def ideal_costs(
-    num_groups: int, boundary: int, costs: Sequence[float] | None = None
-) -> dict[str, float]:
-    """Cost-model step costs (``NOTES.md`` section 6), in units of one group's forward.
-
-    Returns ``full`` (everything trains), ``locked`` (groups below ``boundary`` frozen,
-    prefix still runs forward), ``cached`` (prefix from the cache) and ``prefix``
-    (forward of the frozen groups: the fill cost per sample and view).
-
-    Example:
-        >>> ideal_costs(14, 12)
-        {'full': 42.0, 'locked': 18.0, 'cached': 6.0, 'prefix': 12.0}
-    """
-    f = list(costs) if costs is not None else [1.0] * num_groups
-    if len(f) != num_groups:
-        raise ConfigError(f"costs has {len(f)} entries but the model has {num_groups} groups")
-    pre, post = sum(f[:boundary]), sum(f[boundary:])
-    return {
-        "full": 3.0 * (pre + post),
-        "locked": pre + 3.0 * post,
-        "cached": 3.0 * post,
-        "prefix": pre,
-    }
-
-
-def should_cache(
-    groups: LayerGroups | int,
-    boundary: int,
-    *,
-    epochs: float,
-    split: Split | str | bool = True,
-    deterministic: bool = True,
-    views: int = 1,
-    nbytes: int | None = None,
-    budget_bytes: int = 2**30,
-    costs: Sequence[float] | None = None,
-    min_speedup: float = 1.1,
-) -> CacheDecision:
-    """Decide whether to cache the frozen prefix for one stage (``--cache auto``).
-
-    Fill costs one prefix forward per sample and view; each epoch from the cache saves
-    one prefix forward per sample. Cache when the stage lasts longer than the fill
-    (``epochs > views``), the per-epoch speed-up is worth it (``>= min_speedup``), the
-    inputs are deterministic (or ``views > 1``), the split is well defined, and the
-    features fit in ``budget_bytes``.
-
-    Args:
-        groups: The layer groups (or their number).
-        boundary: Lowest trainable group of the stage.
-        epochs: Length of the stage in epochs (fractions allowed).
-        split: The split (or True: assume one), or False / the reason string when
-            there is none (``split_model(...) or split_reason(...)``).
-        deterministic: Whether the training inputs are free of random augmentation.
-        views: Fixed augmented views per sample.
-        nbytes: Size of the features (None: unknown, not checked).
-        budget_bytes: Cache budget.
-        costs: Relative forward cost per group (default: equal).
-        min_speedup: Smallest per-epoch speed-up worth caching for.
-
-    Example:
-        >>> d = should_cache(14, 13, epochs=5, nbytes=10_000_000)
-        >>> d.cache, d.reason
-        (True, 'cache on: 5 epoch(s) repay the 1-view fill after 1.0 epoch(s); ~5.3x per epoch after it; 9.5 MB of 1.0 GB budget')
-    """
-    g = len(groups) if isinstance(groups, LayerGroups) else int(groups)
-    ideal = ideal_costs(g, min(max(boundary, 0), g), costs)
-    speedup = ideal["locked"] / ideal["cached"] if ideal["cached"] else math.inf
-    saving = ideal["locked"] - ideal["cached"]  # per sample per epoch, = prefix forward
-    # Filling K views costs K prefix forwards; epoch e of the stage saves one each.
-    break_even = views * ideal["prefix"] / saving if saving > 0 else math.inf
-    size = nbytes or 0
-
-    def no(why: str) -> CacheDecision:
-        return CacheDecision(False, f"cache off: {why}", speedup, break_even, size)
-
-    if boundary <= 0:
-        return no("nothing is locked at the bottom (every group trains)")
-    if boundary >= g:
-        return no("every group is locked: nothing trains")
-    if split is False or isinstance(split, str):
-        return no(split or "no split of this model at this boundary")
-    if not deterministic and views <= 1:
-        return no(
-            "the training transform is random; cache K fixed augmented views (views=K) or train uncached"
-        )
-    if speedup < min_speedup:
-        return no(f"~{speedup:.2f}x per epoch is below the {min_speedup:.2f}x worth caching for")
-    if epochs <= break_even:
-        return no(
-            f"a {epochs:g}-epoch stage does not repay the {views}-view fill "
-            f"(break-even after {break_even:.1f} epoch(s))"
-        )
-    if nbytes is not None and nbytes > budget_bytes:
-        return no(
-            f"the features need {describe_bytes(nbytes)}, over the {describe_bytes(budget_bytes)} budget"
-        )
-    fits = (
-        f"; {describe_bytes(nbytes)} of {describe_bytes(budget_bytes)} budget"
-        if nbytes is not None
-        else ""
-    )
-    return CacheDecision(
-        True,
-        f"cache on: {epochs:g} epoch(s) repay the {views}-view fill after {break_even:.1f} "
-        f"epoch(s); ~{speedup:.1f}x per epoch after it{fits}",
-        speedup,
-        break_even,
-        size,
-    )

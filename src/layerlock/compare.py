@@ -7,8 +7,8 @@ comparison writes ``compare.csv``, ``compare.json`` and ``accuracy_vs_time.png``
 (evaluation accuracy after each epoch against the wall time spent so far).
 
 Example:
-    >>> from layerlock.config import FinetuneConfig
-    >>> result = compare(FinetuneConfig(epochs=2), ["lp", "full"])  # doctest: +SKIP
+    >>> from layerlock.config import load_config
+    >>> result = compare(load_config(overrides={"run.epochs": 2}), ["lp", "full"])  # doctest: +SKIP
     >>> [row.schedule for row in result.rows]  # doctest: +SKIP
     ['lp', 'full']
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import FinetuneConfig
 from .errors import ConfigError
-from .runs import RunDir, atomic_write
+from .runs import RunDir, atomic_write, fresh_dir
 from .schedule import parse_schedule
 
 __all__ = ["DEFAULT_SCHEDULES", "CompareResult", "CompareRow", "compare", "split_schedules"]
@@ -163,25 +163,30 @@ def compare(
         ConfigError: Bad config or schedule list; ``resume`` is not supported here.
 
     Example:
-        >>> compare(FinetuneConfig(epochs=1), "lp,full").rows[0].schedule  # doctest: +SKIP
+        >>> compare(load_config(overrides={"run.epochs": 1}), "lp,full").rows[0].schedule  # doctest: +SKIP
         'lp'
     """
-    from .finetune import _agree_on_dir, _distributed, _fresh_dir, finetune
+    from . import distributed
+    from .finetune import finetune
 
     names = split_schedules(schedules)
-    if config.resume:
+    if config.run.resume:
         raise ConfigError(
             "compare cannot resume; resume each schedule's run with finetune --resume"
         )
     config.validate()
-    rank, _, _, created = _distributed()
+    rank, _, _, created = distributed.init_from_env()
     try:
-        base = _fresh_dir(Path(config.out_dir)) if rank == 0 else Path(config.out_dir)
-        base = _agree_on_dir(base)
+        out_dir = Path(config.run.out_dir)
+        base = Path(distributed.broadcast_object(str(fresh_dir(out_dir) if rank == 0 else out_dir)))
         run = RunDir(base, rank=rank)
         rows: list[CompareRow] = []
         for name in names:
-            cfg = replace(config, schedule=name, out_dir=str(base / _slug(name)), resume=None)
+            cfg = replace(
+                config,
+                unfreeze=replace(config.unfreeze, schedule=name),
+                run=replace(config.run, out_dir=str(base / _slug(name)), resume=None),
+            )
             result = finetune(cfg, progress=progress)
             row = CompareRow(
                 schedule=name,

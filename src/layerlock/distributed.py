@@ -48,7 +48,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["all_equal_across_ranks", "free_port", "is_distributed", "unwrap_ddp", "wrap_ddp"]
+__all__ = [
+    "all_equal_across_ranks",
+    "all_sum",
+    "broadcast_object",
+    "free_port",
+    "gather_objects",
+    "init_from_env",
+    "is_distributed",
+    "replicas_agree",
+    "unwrap_ddp",
+    "wrap_ddp",
+]
 
 
 def is_distributed() -> bool:
@@ -128,12 +139,107 @@ def all_equal_across_ranks(tensors: list[torch.Tensor]) -> bool:
     """
     if not is_distributed():
         return True
-    ok = torch.tensor(1)
+    device = _collective_device()
+    ok = torch.tensor(1, device=device)
     for t in tensors:
-        flat = t.detach().reshape(-1).clone()
+        flat = t.detach().reshape(-1).to(device, copy=True)
         gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, flat)
         if not all(torch.equal(g, gathered[0]) for g in gathered):
-            ok = torch.tensor(0)
+            ok = torch.tensor(0, device=device)
     dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
+
+
+def _collective_device() -> torch.device:
+    """Where collective tensors must live: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_from_env() -> tuple[int, int, int, bool]:
+    """Join the process group ``torchrun`` describes in the environment, if any.
+
+    Returns:
+        ``(rank, world_size, local_rank, created)``; ``created`` says whether this call
+        initialised the process group (the caller then destroys it when done).
+
+    Example:
+        >>> init_from_env()  # no WORLD_SIZE in the environment: a single process
+        (0, 1, 0, False)
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1, 0, False
+    created = False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+        created = True
+    return dist.get_rank(), dist.get_world_size(), local, created
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum ``values`` element-wise over all ranks (float64); unchanged in one process.
+
+    Example:
+        >>> all_sum([1.0, 2.0], torch.device("cpu"))
+        [1.0, 2.0]
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(v) for v in t.tolist()]
+
+
+def replicas_agree(model: nn.Module, device: torch.device) -> bool | None:
+    """Whether every rank holds the same weights (per-parameter float64 sums compared).
+
+    Returns:
+        ``None`` outside a multi-rank process group.
+
+    Example:
+        >>> replicas_agree(torch.nn.Linear(2, 2), torch.device("cpu")) is None
+        True
+    """
+    if not is_distributed():
+        return None
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+    gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``value`` on every rank (pickled; small objects only).
+
+    Example:
+        >>> broadcast_object("runs/a")
+        'runs/a'
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process).
+
+    Example:
+        >>> gather_objects({"step": 3})
+        [{'step': 3}]
+    """
+    if not is_distributed():
+        return [value]
+    box: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(box, value)
+    return box

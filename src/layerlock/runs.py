@@ -44,8 +44,10 @@ __all__ = [
     "RunDir",
     "atomic_write",
     "atomic_writer",
+    "fresh_dir",
     "is_main_process",
     "load_checkpoint",
+    "load_run_config",
     "load_weights",
     "plot_run",
     "read_jsonl",
@@ -59,6 +61,44 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STEPS = "steps"
 EPOCHS = "epochs"
 EVENTS_FILE = "events.jsonl"
+
+
+def fresh_dir(path: str | Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` ... when it already holds a run.
+
+    Example:
+        >>> fresh_dir("runs/never-used-yet")
+        PosixPath('runs/never-used-yet')
+    """
+    path = Path(path)
+    if not (path / CONFIG_FILE).exists():
+        return path
+    i = 2
+    while (path.parent / f"{path.name}-{i}" / CONFIG_FILE).exists():
+        i += 1
+    return path.parent / f"{path.name}-{i}"
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config a run directory was started with (its ``config.yaml``).
+
+    Raises:
+        LayerlockError: ``run_dir`` is not a layerlock run directory.
+
+    Example:
+        >>> load_run_config("runs/finetune")["run"]["epochs"]  # doctest: +SKIP
+        16
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise LayerlockError(
+            f"{run_dir} is not a layerlock run directory (no {CONFIG_FILE}); "
+            "pass the out_dir of an earlier finetune run"
+        )
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(loaded, dict):
+        raise LayerlockError(f"{path} does not hold a config mapping")
+    return loaded
 
 
 def is_main_process(rank: int | None = None) -> bool:

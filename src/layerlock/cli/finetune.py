@@ -144,7 +144,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> FinetuneConfig:
         >>> config_from_args(p.parse_args(["run.epochs=2", "--lr", "0.01"])).unfreeze.lr
         0.01
     """
-    from ..finetune import load_run_config
+    from ..runs import load_run_config
 
     overrides: dict[str, Any] = {}
     bad: list[str] = []

@@ -1,0 +1,504 @@
+"""The job's frozen-prefix feature caches: fill what the policy decided, serve it, log it.
+
+At the first epoch of each schedule stage (and after a resume), with ``b`` the lowest
+trainable group, :class:`JobCaches` asks :func:`layerlock.cache_policy.plan_stage`
+whether the locked groups ``[0, b)`` are served from a
+:class:`~layerlock.cache.FeatureCache` (training and evaluation features alike), fills
+what was decided and logs one line why (stderr, ``cache.jsonl``, the summary). Never
+cached: ``cache.mode=off``, ``b == 0``, a model without a split
+(:func:`layerlock.split.split_model`), a random prefix in training mode (dropout /
+drop-path with p > 0, BatchNorm without ``freeze_bn_stats``), DistributedDataParallel.
+
+A cached epoch trains the suffix on stored features in exactly the batches the image
+loader would give (same :class:`~layerlock.finetune.reproducible.EpochOrder`), so a
+deterministic train transform gives the uncached run's weights up to float tolerance.
+With a random train transform the cache holds ``cache.views`` fixed views per image, view
+``v`` being the augmentation the uncached run draws in epoch ``v``; epoch ``e`` trains on
+view ``e % views`` (a deliberate change: augmentations repeat). In stages where no prefix
+can be cached, the preprocessed evaluation images are kept instead when they fit the
+budget. Filling never moves the run's random streams and decisions depend on the plan
+only, so resuming a cached run is as exact as an uncached one. Caches live in memory and
+are dropped when the boundary moves or the run ends; a change of the locked weights,
+BatchNorm buffers or preprocessing refills them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+from ..cache import FeatureCache, _eval_mode
+from ..cache_policy import StageCachePlan, describe_bytes, plan_stage
+from ..config import CacheOptions
+from ..devices import autocast
+from ..lock import frozen_bn_modules
+from ..split import Split, split_model, split_reason
+from ..unfreezer import Unfreezer
+from .reproducible import EpochOrder, SeededSamples, rng_state, set_rng_state
+
+__all__ = ["CACHE_LOG_FILE", "JobCaches"]
+
+CACHE_LOG_FILE = "cache.jsonl"
+
+Evaluate = Callable[[nn.Module, Any], dict[str, Any]]
+
+
+def prefix_randomness(split: Split, frozen_bn: set[str]) -> str | None:
+    """Why the locked prefix, run in training mode, is not a function of its input (or None).
+
+    The cache is filled in eval mode; it may stand in for the training-mode prefix only when
+    both give the same output: no dropout / drop-path with p > 0, no BatchNorm that updates
+    (and normalises with) batch statistics, no parameter that still trains.
+    """
+    trainable = [n for n, p in split.prefix_params() if p.requires_grad]
+    if trainable:
+        return f"parameter {trainable[0]} of a locked group still trains"
+    names = {id(m): n for n, m in split.model.named_modules()}
+    for top in split.prefix_modules():
+        for m in top.modules():
+            name = names.get(id(m), type(m).__name__)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if name not in frozen_bn or not m.track_running_stats:
+                    return (
+                        f"BatchNorm {name} in the locked groups updates its statistics in "
+                        "training (set freeze_bn_stats=true to cache)"
+                    )
+            elif "drop" in type(m).__name__.lower():
+                for attr in ("p", "drop_prob", "prob", "drop_rate"):
+                    value = getattr(m, attr, None)
+                    if isinstance(value, (int, float)) and value > 0:
+                        return (
+                            f"{type(m).__name__} {name} (p={value:g}) in the locked groups is "
+                            "random in training"
+                        )
+    return None
+
+
+class _FeatureBatches(Dataset):
+    """Batches of cached features by index list (served through a DataLoader like images)."""
+
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return self.cache.features[idx].float(), self.cache.labels[idx]
+
+
+class _StoredBatches(Dataset):
+    """Batches of stored tensors by index list."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return self.x[idx], self.y[idx]
+
+
+class _Suffix(nn.Module):
+    """Calls ``split.suffix``; holds the model so that ``train()`` / ``eval()`` reach it."""
+
+    def __init__(self, split: Split) -> None:
+        super().__init__()
+        self.body = split.model
+        self.split = split
+        self.training = split.model.training
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.split.suffix(features)
+
+
+@dataclass
+class _StageCaches:
+    """The caches filled for one schedule stage (one unlock event of the plan)."""
+
+    index: int
+    boundary: int
+    split: Split | None = None
+    train: list[FeatureCache] = field(default_factory=list)
+    val: FeatureCache | None = None
+
+
+class JobCaches:
+    """The feature caches of the schedule stage in force.
+
+    Args:
+        options: The job's cache options (mode, budget, views, dtype).
+        unfreezer: The run's Unfreezer (plan, groups, model).
+        train_set: Training images (untransformed order; transforms applied per sample).
+        val_set: This rank's evaluation images.
+        deterministic: Whether the training transform is the evaluation transform.
+        device: Where the prefix runs.
+        dtype: Autocast dtype (``None``: fp32).
+        world: Processes in the run.
+        steps_per_epoch: Optimizer steps of one epoch.
+        batch_size: Samples per batch.
+        workers: DataLoader workers for filling.
+        seed: The run's seed (augmentation of the fixed views).
+        say: Called with each decision record (``record["line"]`` is the log line).
+    """
+
+    def __init__(
+        self,
+        options: CacheOptions,
+        unfreezer: Unfreezer,
+        train_set: Dataset,
+        val_set: Dataset,
+        *,
+        deterministic: bool,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        world: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        workers: int,
+        seed: int,
+        say: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.options, self.unfreezer = options, unfreezer
+        self.train_set, self.val_set = train_set, val_set
+        self.deterministic = deterministic
+        self.device, self.dtype, self.world = device, dtype, world
+        self.spe, self.batch_size, self.workers, self.seed = (
+            steps_per_epoch,
+            batch_size,
+            workers,
+            seed,
+        )
+        self.say = say
+        self.stage: _StageCaches | None = None
+        self.records: list[dict[str, Any]] = []
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fill_s = 0.0  # fill time since the last epoch row
+        choice = options.dtype
+        if choice == "auto":
+            choice = "bfloat16" if device.type == "cuda" else "float16"
+        self.store = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+            choice, torch.float32
+        )
+
+    # -- decisions -----------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        """Decide (once per stage), check the caches are still valid, fill them."""
+        plan = self.unfreezer.plan
+        ei = plan.event_index(min(first_step, plan.total_steps - 1))
+        if self.stage is not None and self.stage.index == ei:
+            # the views share the split and the preprocessing: checking one checks all
+            val = [self.stage.val] if self.stage.val is not None else []
+            stale = next(
+                (r for r in (c.stale_reason() for c in self.stage.train[:1] + val) if r), None
+            )
+            if stale is None:
+                return
+            self.stage = None
+            self.stage = self._decide(ei, epoch, first_step, f"refilled: {stale}")
+            return
+        dropped = None
+        if self.stage is not None and (self.stage.train or self.stage.val is not None):
+            dropped = (
+                f"dropped the group-{self.stage.boundary} cache: the boundary moved "
+                f"(unlock at step {plan.events[ei].step})"
+            )
+        self.stage = None  # free the old features before filling new ones
+        self.stage = self._decide(ei, epoch, first_step, dropped)
+
+    def _blocked(self, boundary: int, split: Split | None) -> str | None:
+        """Why no prefix of this stage can be cached (the mechanism's facts), or None."""
+        groups = self.unfreezer.groups
+        if self.world > 1:
+            return (
+                "DistributedDataParallel: a cached suffix would bypass its gradient "
+                "averaging; training uncached"
+            )
+        if boundary == 0:
+            return "nothing is locked below the lowest trainable group (boundary 0)"
+        if boundary >= len(groups):
+            return "every group is locked: nothing trains"
+        if split is None:
+            return split_reason(self.unfreezer.base, groups, boundary)
+        return prefix_randomness(split, set(frozen_bn_modules(self.unfreezer.base)))
+
+    def _decide(self, ei: int, epoch: int, first_step: int, note: str | None) -> _StageCaches:
+        plan, groups, mode = self.unfreezer.plan, self.unfreezer.groups, self.options.mode
+        event = plan.events[ei]
+        start = event.step
+        end = min(
+            plan.events[ei + 1].step if ei + 1 < len(plan.events) else plan.total_steps,
+            plan.total_steps,
+        )
+        boundary = min(event.trainable) if event.trainable else len(groups)
+        split = None
+        if mode != "off" and self.world == 1 and 0 < boundary < len(groups):
+            split = split_model(self.unfreezer.base, groups, boundary)
+        stage_epochs = (end - start) / self.spe
+        evals = end // self.spe - start // self.spe
+        # the kept evaluation images (earlier stages) count against the budget too
+        budget = self.options.budget_mb * 2**20 - self.nbytes(None)
+        blocked = None if mode == "off" else self._blocked(boundary, split)
+        per = self._feature_bytes(split) if blocked is None and split is not None else 0
+        decided = plan_stage(
+            mode,
+            groups,
+            boundary,
+            stage_epochs=stage_epochs,
+            evals=evals,
+            train_bytes=len(self.train_set) * per,  # type: ignore[arg-type]
+            val_bytes=len(self.val_set) * per,  # type: ignore[arg-type]
+            budget=budget,
+            blocked=blocked,
+            deterministic=self.deterministic,
+            views=self.options.views,
+        )
+        stage = _StageCaches(ei, boundary, split if decided.blocked is None else None)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": first_step,
+            "mode": mode,
+            "boundary": boundary,
+            "boundary_group": groups[boundary].name if boundary < len(groups) else None,
+            "stage_epochs": stage_epochs,
+            "train_cached": False,
+            "eval_cached": False,
+            "views": 0,
+            "bytes": 0,
+            "fill_s": 0.0,
+        }
+        if note:
+            record["note"] = note
+        fill = self._fill_stage(stage, decided) if decided.blocked is None else 0.0
+        record.update(
+            train_cached=bool(stage.train),
+            eval_cached=stage.val is not None,
+            views=len(stage.train),
+            bytes=self.nbytes(stage),
+            fill_s=fill,
+            reason=self._train_reason(decided),
+        )
+        if decided.blocked is None:
+            record.update(train_reason=record["reason"], eval_reason=decided.eval.reason)
+        left = budget - sum(c.nbytes for c in stage.train)
+        inputs = self._keep_inputs(evals, left) if stage.val is None else None
+        if inputs:
+            record["eval_inputs"] = inputs
+        self._log(record, self._line(record, decided, epoch, inputs, note))
+        return stage
+
+    def _fill_stage(self, stage: _StageCaches, decided: StageCachePlan) -> float:
+        """Fill the caches ``decided`` asks for, without moving the run's random streams."""
+        if not (decided.train.cache or decided.eval.cache):
+            return 0.0
+        assert stage.split is not None
+        state = rng_state()
+        start = time.perf_counter()
+        try:
+            with autocast(self.device, self.dtype):
+                if decided.train.cache:
+                    views = decided.views
+                    stage.train = [self._fill(stage.split, v, views) for v in range(views)]
+                if decided.eval.cache:
+                    stage.val = self._fill(stage.split, None, 1)
+        finally:
+            set_rng_state(state)
+        fill = time.perf_counter() - start
+        self.fill_s += fill
+        return fill
+
+    def _line(
+        self,
+        record: dict[str, Any],
+        decided: StageCachePlan,
+        epoch: int,
+        inputs: str | None,
+        note: str | None,
+    ) -> str:
+        """The decision's log line, rendered from the decision."""
+        where = f"cache (epoch {epoch + 1}, stage of {record['stage_epochs']:g} epoch(s))"
+        if decided.blocked is not None:
+            why = decided.blocked
+            line = f"{where}: uncached: {why}"
+            if self.options.mode == "on":
+                line = f"{where}: cache=on is not possible, training uncached: {why}"
+        else:
+            train_why = self._train_reason(decided)
+            line = (
+                f"{where}, locked below {record['boundary_group']}: "
+                f"train {'cached' if decided.train.cache else 'uncached'} ({train_why}); "
+                f"eval {'cached' if decided.eval.cache else 'uncached'} ({decided.eval.reason})"
+            )
+        if inputs:
+            line += f"; eval {inputs}"
+        if record["train_cached"] or record["eval_cached"]:
+            line += f"; filled {describe_bytes(record['bytes'])} in {record['fill_s']:.2f} s"
+        if note:
+            line += f" ({note})"
+        return line
+
+    def _train_reason(self, decided: StageCachePlan) -> str:
+        if decided.train.cache and not self.deterministic:
+            return (
+                f"{decided.train.reason}; {decided.views} fixed augmented view(s) per image, "
+                f"epoch e trains on view e % {decided.views}"
+            )
+        return decided.train.reason
+
+    def _keep_inputs(self, evals: int, budget: int) -> str | None:
+        """Keep the preprocessed evaluation images when no prefix cache serves the evaluation.
+
+        The evaluation transform is deterministic, so its output can be stored once (in its
+        own dtype: evaluation stays bit-identical) and reused by every later evaluation.
+        Returns a note for the decision line, or None when nothing is said.
+        """
+        if self.inputs is not None:
+            return "from the preprocessed images kept earlier"
+        if self.options.mode == "off" or self.world > 1 or evals < 2:
+            return None  # one evaluation pays nothing back
+        x, _ = self.val_set[0]
+        x = torch.as_tensor(x)
+        need = len(self.val_set) * x.numel() * x.element_size()  # type: ignore[arg-type]
+        if need > budget:
+            return (
+                f"preprocessed images not kept: {describe_bytes(need)} over the "
+                f"{describe_bytes(budget)} left of the budget"
+            )
+        state = rng_state()
+        start = time.perf_counter()
+        try:
+            loader = DataLoader(
+                self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.workers
+            )
+            xs, ys = zip(*loader)
+            self.inputs = (torch.cat(xs), torch.cat(ys))
+        finally:
+            set_rng_state(state)
+        self.fill_s += time.perf_counter() - start
+        return f"from preprocessed images kept in memory ({describe_bytes(need)})"
+
+    def _log(self, record: dict[str, Any], line: str) -> None:
+        record["line"] = line
+        self.records.append(record)
+        self.say(record)
+
+    def _feature_bytes(self, split: Split) -> int:
+        x, _ = self.val_set[0]
+        state = rng_state()
+        try:
+            with _eval_mode(split.model), torch.no_grad(), autocast(self.device, self.dtype):
+                out = split.prefix(torch.as_tensor(x).unsqueeze(0).to(self.device))
+        finally:
+            set_rng_state(state)
+        return int(out[0].numel()) * torch.empty((), dtype=self.store).element_size()
+
+    def _fill(self, split: Split, view: int | None, views: int) -> FeatureCache:
+        if view is None:
+            dataset: Any = self.val_set
+            key = f"val:{len(self.val_set)}"  # type: ignore[arg-type]
+        else:
+            dataset = SeededSamples(self.train_set, self.seed)
+            dataset.epoch = view  # view v = the augmentation the uncached run draws in epoch v
+            key = f"train:{len(dataset)}:seed {self.seed}:view {view}/{views}"
+        return FeatureCache(
+            split,
+            dataset,
+            dtype=self.store,
+            budget_bytes=2**62,  # checked by the decision, for all caches together
+            views=1,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            seed=self.seed,
+            dataset_key=key,
+            device=self.device,
+        )
+
+    # -- serving -------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, first_step: int) -> bool:
+        """Whether this epoch trains from the cache (no unlock inside it)."""
+        stage = self.stage
+        if stage is None or not stage.train:
+            return False
+        plan = self.unfreezer.plan
+        last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
+        return plan.event_index(min(first_step, last)) == plan.event_index(last) == stage.index
+
+    def train_batches(self, epoch: int, order: EpochOrder) -> Iterator[tuple[Any, Any]]:
+        """The epoch's batches (same samples, same order as the image loader) as features."""
+        assert self.stage is not None
+        cache = self.stage.train[epoch % len(self.stage.train)]
+        indices = list(order)
+        served = _FeatureBatches(cache)
+        for i in range(0, len(indices), self.batch_size):
+            yield served[indices[i : i + self.batch_size]]
+
+    def suffix(self) -> nn.Module:
+        """The module that trains on cached features (the split's suffix)."""
+        assert self.stage is not None and self.stage.split is not None
+        return _Suffix(self.stage.split)
+
+    def evaluate(self, epoch: int, evaluate: Evaluate) -> tuple[dict[str, Any] | None, str]:
+        """Evaluate from the cached features (still valid) or the kept images.
+
+        Args:
+            epoch: The epoch just trained (0-based).
+            evaluate: ``evaluate(model, batches)`` of the task.
+
+        Returns:
+            ``(metrics, "features" | "images")``, or ``(None, "")``: evaluate uncached.
+        """
+        stage = self.stage
+        if stage is not None and stage.val is None and self.inputs is not None:
+            images = _StoredBatches(*self.inputs)
+            loader = self._batches(images)
+            return evaluate(self.unfreezer.base, loader), "images"
+        if stage is None or stage.val is None or stage.split is None:
+            return None, ""
+        plan = self.unfreezer.plan
+        last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
+        if plan.event_index(last) != stage.index and stage.val.stale_reason() is not None:
+            return None, ""  # groups of the prefix were unlocked and trained during the epoch
+        # a DataLoader, like the image loader, so that both draw the same random numbers
+        loader = self._batches(_FeatureBatches(stage.val))
+        return evaluate(_Suffix(stage.split), loader), "features"
+
+    def _batches(self, data: Dataset) -> DataLoader:
+        sampler = BatchSampler(
+            SequentialSampler(range(len(data))),  # type: ignore[arg-type]
+            self.batch_size,
+            drop_last=False,
+        )
+        return DataLoader(data, batch_size=None, sampler=sampler)
+
+    def nbytes(self, stage: _StageCaches | None) -> int:
+        """Bytes held by the caches of ``stage`` and the kept evaluation images."""
+        held = sum(t.numel() * t.element_size() for t in self.inputs or ())
+        if stage is None:
+            return int(held)
+        caches = stage.train + ([stage.val] if stage.val is not None else [])
+        return int(held + sum(c.nbytes for c in caches))
+
+    def epoch_columns(self, cached: bool, eval_kind: str) -> dict[str, Any]:
+        """The epoch row's cache columns; the fill time counts since the previous row."""
+        out = {
+            "cached": cached,
+            "eval_cached": eval_kind == "features",
+            "eval_images_kept": eval_kind == "images",
+            "cache_fill_s": self.fill_s,
+            "cache_bytes": self.nbytes(self.stage),
+        }
+        self.fill_s = 0.0
+        return out
+
+    def close(self) -> None:
+        """Drop the caches."""
+        self.stage = None

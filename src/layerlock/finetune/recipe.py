@@ -1,0 +1,547 @@
+"""The fine-tuning recipe: one class whose phases a reader takes in at once.
+
+:class:`FinetuneRecipe` runs ``setup`` (process group, checkpoint to resume, device, data,
+model and task, loaders, Unfreezer, run directory, caches), then ``train`` (epochs of
+:meth:`~FinetuneRecipe.train_epoch` and :meth:`~FinetuneRecipe.evaluate`, a checkpoint
+after each) and ``summarise``. What depends on the objective (loss, metrics, evaluation) is
+the :class:`~layerlock.finetune.task.Task`'s; the recipe owns order, state and files.
+
+Example:
+    >>> from layerlock.config import load_config
+    >>> result = finetune(load_config(overrides={"run.epochs": 1}))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .. import distributed
+from ..config import FinetuneConfig
+from ..data import TrainVal, Transforms, load_train_val, model_transforms, open_clip_preprocess
+from ..data.loading import loader_options, resolve_workers
+from ..devices import autocast, resolve_device, resolve_precision
+from ..errors import ConfigError, LayerlockError
+from ..groups import LayerGroups
+from ..models import OpenCLIPClassifier, build_classifier
+from ..optim import layer_group_of
+from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, fresh_dir, load_run_config
+from ..schedule import UnlockEvent
+from ..unfreezer import Unfreezer
+from .caching import CACHE_LOG_FILE, JobCaches
+from .control import Progress, StopFlag
+from .reproducible import EpochOrder, SeededSamples, rng_state, seed_everything, set_rng_state
+from .state import EpochTracker, RunResult
+from .summary import PER_CLASS_FILE
+from .task import ClassificationTask, Task
+
+__all__ = ["FinetuneRecipe", "finetune"]
+
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FORMAT = "layerlock-finetune/2"
+
+StepCallback = Callable[[int, float], None]
+
+
+def finetune(
+    config: FinetuneConfig,
+    *,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    on_step: StepCallback | None = None,
+) -> RunResult:
+    """Fine-tune ``config.model`` on ``config.data`` under ``config.unfreeze.schedule``.
+
+    Args:
+        config: The run's configuration (validated here; ``run.resume`` continues a run).
+        stop_after: Stop after this many optimizer steps (global) as if interrupted:
+            a resumable checkpoint is written and ``interrupted`` is set.
+        progress: Show a progress bar with ETA on stderr (default: when stderr is a TTY).
+        on_step: Called with ``(global_step, loss)`` after every step (on every rank).
+
+    Returns:
+        A :class:`~layerlock.finetune.state.RunResult`.
+
+    Raises:
+        ConfigError: Bad config values (all at once), resuming under another config,
+            a checkpoint that does not fit the model.
+        ScheduleError: A schedule that does not fit the model.
+        LayerlockError: Missing or empty data, unknown model names, unreachable
+            pretrained weights, a non-finite loss (with the step and the LR).
+
+    Example:
+        >>> from layerlock.config import load_config
+        >>> cfg = load_config(overrides={"run.epochs": 1, "data.shots_per_class": 5})
+        >>> finetune(cfg).steps  # doctest: +SKIP
+        1
+    """
+    config.validate()
+    rank, world, local_rank, created = distributed.init_from_env()
+    try:
+        recipe = FinetuneRecipe(config, rank=rank, world=world, local_rank=local_rank)
+        recipe.setup()
+        return recipe.train(stop_after=stop_after, progress=progress, on_step=on_step)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+class FinetuneRecipe:
+    """Progressive fine-tuning of a pretrained model, end to end, in explicit phases.
+
+    Args:
+        config: A validated :class:`~layerlock.config.FinetuneConfig`.
+        rank: This process's rank (0 in a single process).
+        world: Number of processes.
+        local_rank: This process's device index on its machine.
+    """
+
+    def __init__(
+        self, config: FinetuneConfig, *, rank: int = 0, world: int = 1, local_rank: int = 0
+    ) -> None:
+        self.config = config
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.notes: list[str] = []
+        self.checkpoint: dict[str, Any] | None = None
+        self.tracker = EpochTracker()
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Every phase that can fail on bad input runs before the run directory is touched."""
+        self._load_checkpoint()
+        self.device = resolve_device(self.config.run.device, self.local_rank)
+        self.dtype = resolve_precision(self.config.run.precision, self.device)
+        seed_everything(self.config.run.seed)
+        self._setup_data()
+        self._setup_model()
+        self._setup_loaders()
+        self._setup_unfreezer()
+        self._setup_run_dir()
+        self._setup_caches()
+
+    def _load_checkpoint(self) -> None:
+        """With ``run.resume``: check the saved config and read the checkpoint."""
+        resume = self.config.run.resume
+        if not resume:
+            return
+        saved = load_run_config(resume)
+        self.config.check_resume(saved, resume)
+        probe = RunDir(resume, rank=1)  # reading only
+        if not probe.has_checkpoint():
+            raise LayerlockError(
+                f"{resume} has no checkpoint to resume from (the run stopped before "
+                "its first checkpoint); start it again"
+            )
+        checkpoint = probe.load_checkpoint()
+        if not self.config.fingerprint_matches(str(checkpoint.get("fingerprint"))):
+            raise ConfigError(
+                f"cannot resume {resume}: its checkpoint belongs to another config "
+                "or another layerlock version; use the same settings or a new out_dir"
+            )
+        self.checkpoint = checkpoint
+
+    def _setup_data(self) -> None:
+        """The datasets (transforms are set once the model is known) and the classes."""
+        d = self.config.data
+        identity = Transforms(lambda img: img, lambda img: img, "RGB")
+        self.data: TrainVal = load_train_val(
+            d.source,
+            transforms=identity,
+            path=d.path,
+            train_csv=d.train_csv,
+            val_csv=d.val_csv,
+            csv_img_key=d.csv_img_key,
+            csv_label_key=d.csv_label_key,
+            csv_separator=d.csv_separator,
+            hf_image_key=d.hf_image_key,
+            hf_label_key=d.hf_label_key,
+            train_split=d.train_split,
+            val_split=d.val_split,
+            bad_images=d.bad_images,
+            seed=self.config.run.seed,
+            shots_per_class=d.shots_per_class,
+        )
+        self.classes = list(self.data.classes)
+        if len(self.classes) < 2:
+            raise LayerlockError(
+                f"the training data has {len(self.classes)} class; a classifier needs 2 or more"
+            )
+
+    def _setup_model(self) -> None:
+        """The model, its layer groups, the task, and the model's own preprocessing."""
+        m, d = self.config.model, self.config.data
+        model, notes, groups = build_classifier(
+            m.name,
+            self.classes,
+            pretrained=m.pretrained,
+            checkpoint=m.checkpoint,
+            zero_shot_head=m.zero_shot_head,
+            prompt=m.prompt,
+        )
+        self.model: nn.Module = model
+        self.groups: LayerGroups | None = groups
+        self.notes.extend(notes)
+        self.task: Task = ClassificationTask(self.classes, self.config.run.label_smoothing)
+        self.tracker = EpochTracker(self.task.best_metric)
+        if isinstance(model, OpenCLIPClassifier):
+            preprocess = open_clip_preprocess(model.visual, d.augmentation)
+            self.transforms = model_transforms(
+                preprocess=preprocess, deterministic_train=d.deterministic_train_transform
+            )
+        else:
+            self.transforms = model_transforms(
+                model,
+                augmentation=d.augmentation,
+                deterministic_train=d.deterministic_train_transform,
+            )
+        for ds, tf in (
+            (self.data.train, self.transforms.train),
+            (self.data.val, self.transforms.eval),
+        ):
+            ds.transform = tf  # type: ignore[attr-defined]
+            ds.mode = self.transforms.mode  # type: ignore[attr-defined]
+        model.to(self.device)
+
+    def _setup_loaders(self) -> None:
+        """Training order (a function of seed, epoch and rank) and the two DataLoaders."""
+        run = self.config.run
+        self.workers = resolve_workers(self.config.data.workers, self.device)
+        options = loader_options(self.device, self.workers)
+        self.order = EpochOrder(
+            len(self.data.train), run.seed, self.rank, self.world, run.batch_size
+        )  # type: ignore[arg-type]
+        self.steps_per_epoch = self.order.steps()
+        self.train_samples = SeededSamples(self.data.train, run.seed)
+        # The training set's epoch attribute changes between epochs: workers must not
+        # outlive an epoch, or they would keep drawing the augmentation of the first one.
+        self.train_loader = DataLoader(
+            self.train_samples,
+            batch_size=run.batch_size,
+            sampler=self.order,
+            generator=torch.Generator().manual_seed(run.seed),
+            **{**options, "persistent_workers": False},
+        )
+        val_idx = list(range(self.rank, len(self.data.val), self.world))  # type: ignore[arg-type]
+        self.val_set: Dataset = torch.utils.data.Subset(self.data.val, val_idx)
+        self.val_loader = DataLoader(
+            self.val_set, batch_size=run.batch_size, shuffle=False, **options
+        )
+
+    def _setup_unfreezer(self) -> None:
+        ddp_kwargs: dict[str, Any] = {}
+        if self.device.type == "cuda" and self.world > 1:
+            ddp_kwargs["device_ids"] = [self.device.index]
+        self.unfreezer = Unfreezer(
+            self.model,
+            self.config.unfreeze,
+            epochs=self.config.run.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            groups=self.groups,
+            ddp_kwargs=ddp_kwargs,
+        )
+
+    def _setup_run_dir(self) -> None:
+        """Only now, with everything checked, touch the run directory (rank 0 writes)."""
+        if self.config.run.resume:
+            path = Path(self.config.run.resume)
+        elif self.rank == 0:
+            path = fresh_dir(Path(self.config.run.out_dir))
+        else:
+            path = Path(self.config.run.out_dir)
+        self.run_path = Path(distributed.broadcast_object(str(path)))
+        self.run = RunDir(self.run_path, rank=self.rank)
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        else:
+            resolved = self.config.to_dict()
+            resolved["run"]["out_dir"] = str(self.run_path)
+            self.run.write_yaml(CONFIG_FILE, resolved)
+        resume_step = self.unfreezer.global_step if self.checkpoint is not None else None
+        self.logger = self.run.metrics(resume_step=resume_step)
+        self.live = {"trainable": _trainable(self.model), "groups": len(self.unfreezer.trainable)}
+        if self.checkpoint is None:
+            self._on_unlock(self.unfreezer.plan.events[0])
+        self.unfreezer.add_listener(self._on_unlock)
+
+    def _setup_caches(self) -> None:
+        t = self.transforms
+        self.caches = JobCaches(
+            self.config.cache,
+            self.unfreezer,
+            self.data.train,
+            self.val_set,
+            deterministic=t.deterministic_train or t.train is t.eval,
+            device=self.device,
+            dtype=self.dtype,
+            world=self.world,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.config.run.batch_size,
+            workers=self.workers,
+            seed=self.config.run.seed,
+            say=self._say_cache,
+        )
+
+    # -- training --------------------------------------------------------------------------
+    def train(
+        self,
+        *,
+        stop_after: int | None = None,
+        progress: bool | None = None,
+        on_step: StepCallback | None = None,
+    ) -> RunResult:
+        """Train the remaining epochs, evaluating and checkpointing after each."""
+        self.stop_after, self.on_step = stop_after, on_step
+        show = (sys.stderr.isatty() if progress is None else progress) and self.rank == 0
+        total = self.config.run.epochs * self.steps_per_epoch
+        self.bar = Progress(show, total, self.unfreezer.global_step)
+        self.session_start = time.perf_counter()
+        interrupted = False
+        with StopFlag() as self.stop:
+            try:
+                while self.tracker.evaluated < self.config.run.epochs:
+                    epoch = self.tracker.evaluated
+                    if self.train_epoch(epoch):
+                        interrupted = True
+                        break
+                    self.evaluate(epoch)
+                    self.save_checkpoint()
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                self.bar.close()
+                self.caches.close()
+        if interrupted:
+            self.save_checkpoint()
+        return self.summarise(interrupted)
+
+    def train_epoch(self, epoch: int) -> bool:
+        """Train what is left of ``epoch``; return whether the run was interrupted."""
+        spe, batch_size = self.steps_per_epoch, self.config.run.batch_size
+        done = self.unfreezer.global_step - epoch * spe
+        self.epoch_cached = False
+        if done >= spe:
+            return False  # stopped after the epoch's last step, before its evaluation
+        self.order.epoch = self.train_samples.epoch = epoch
+        self.order.skip = done * batch_size
+        self.caches.begin_epoch(epoch, self.unfreezer.global_step)
+        self.epoch_cached = self.caches.train_epoch(epoch, self.unfreezer.global_step)
+        self.unfreezer.model.train()
+        # cached: the suffix trains on the prefix's stored output, in the same batches
+        suffix = self.caches.suffix() if self.epoch_cached else None
+        batches = (
+            self.caches.train_batches(epoch, self.order) if self.epoch_cached else self.train_loader
+        )
+        self.t_log, self.n_log = time.perf_counter(), 0
+        # any() stops at the first step that asks to stop
+        return any(self._train_step(suffix, x, y, epoch) for x, y in batches)
+
+    def _train_step(self, suffix: nn.Module | None, x: Any, y: Any, epoch: int) -> bool:
+        """One optimizer step; return whether to stop after it."""
+        step = self.unfreezer.global_step
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        net = suffix if suffix is not None else self.unfreezer.model  # after any DDP rebuild
+        with autocast(self.device, self.dtype):
+            output = net(x)
+        stats = self.task.batch(output, y)
+        lrs = self._lrs()
+        trained = dict(self.live)
+        names = list(stats.counts)
+        summed = distributed.all_sum(
+            [float(stats.loss.detach()), float(self.stop.raised), *stats.counts.values()],
+            self.device,
+        )
+        loss_value, flag = summed[0] / self.world, summed[1]
+        counts = dict(zip(names, summed[2:]))
+        if not math.isfinite(loss_value):
+            top = max(lrs.items(), key=lambda kv: kv[1])
+            raise LayerlockError(
+                f"loss became {loss_value} at step {step} (epoch {epoch + 1}) with learning "
+                f"rate {top[1]:.3g} ({top[0][3:]}); lower unfreeze.lr "
+                f"(now {self.config.unfreeze.lr:g}) or set run.grad_clip"
+            )
+        stats.loss.backward()
+        if self.config.run.grad_clip is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.config.run.grad_clip)
+        self.unfreezer.step()
+        self.tracker.add(loss_value * counts["seen"], counts)
+        self.tracker.last_lrs, self.tracker.last_trained = lrs, trained
+        self.n_log += int(counts["seen"])
+        gs = self.unfreezer.global_step
+        self._log_step(gs, loss_value, counts, lrs, trained)
+        if self.on_step is not None:
+            self.on_step(gs, loss_value)
+        self.bar.update(f"epoch {epoch + 1}/{self.config.run.epochs} loss {loss_value:.3f}")
+        # under DDP only the all-reduced flag, so that every rank stops at the same step
+        stop = flag or (self.world == 1 and self.stop.raised)
+        return bool(stop or (self.stop_after is not None and gs >= self.stop_after))
+
+    def _log_step(
+        self,
+        gs: int,
+        loss: float,
+        counts: dict[str, float],
+        lrs: dict[str, float],
+        trained: dict[str, int],
+    ) -> None:
+        spe = self.steps_per_epoch
+        if not (gs % self.config.run.log_every == 0 or gs == 1 or gs % spe == 0):
+            return
+        now = time.perf_counter()
+        self.logger.log_step(
+            {
+                "step": gs,
+                "epoch": gs / spe,
+                "loss": loss,
+                **self.task.step_columns(counts),
+                **lrs,
+                "trainable_params": trained["trainable"],
+                "unlocked_groups": trained["groups"],
+                "images_per_s": self.n_log / max(now - self.t_log, 1e-9),
+            }
+        )
+        self.t_log, self.n_log = now, 0
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """Evaluate after ``epoch``, write its row, and update the tracker."""
+        self.bar.describe(f"epoch {epoch + 1}/{self.config.run.epochs} evaluating")
+        t_eval = time.perf_counter()
+        ev, kind = self.caches.evaluate(epoch, self._evaluate_batches)
+        if ev is None:
+            ev = self._evaluate_batches(self.model, self.val_loader)
+        tracker = self.tracker
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.unfreezer.global_step}
+        row.update(self.task.train_columns(tracker.loss_sum, tracker.counts))
+        row.update({k: v for k, v in ev.items() if not k.startswith("_") and v is not None})
+        row["elapsed_s"] = self._elapsed()
+        # the LRs and trainable set the epoch's last step trained with
+        row.update(tracker.last_lrs or self._lrs())
+        row["trainable_params"] = tracker.last_trained.get("trainable", self.live["trainable"])
+        row["unlocked_groups"] = tracker.last_trained.get("groups", self.live["groups"])
+        row["eval_s"] = time.perf_counter() - t_eval
+        row.update(self.caches.epoch_columns(self.epoch_cached, kind))
+        self.logger.log_epoch(row)
+        tracker.finish_epoch(row, {k: v for k, v in ev.items() if k.startswith("_")})
+        return row
+
+    def _evaluate_batches(self, model: nn.Module, batches: Any) -> dict[str, Any]:
+        return self.task.evaluate(model, batches, self.device, self.dtype)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Model, Unfreezer, every rank's RNG states and the tracker (rank 0 writes)."""
+        rngs = distributed.gather_objects(rng_state())
+        if self.rank != 0:
+            return
+        self.run.save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": self.config.fingerprint(),
+                "model": self.model.state_dict(),
+                "unfreezer": self.unfreezer.state_dict(),
+                "rng": rngs,
+                **self.tracker.dump(self._elapsed()),
+            }
+        )
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.unfreezer.load_state_dict(checkpoint["unfreezer"])
+        self.tracker.load(checkpoint)
+        rngs = checkpoint["rng"]
+        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+
+    # -- the end ---------------------------------------------------------------------------
+    def summarise(self, interrupted: bool) -> RunResult:
+        """Fill the :class:`RunResult`; rank 0 writes charts, weights and the summary."""
+        total = sum(p.numel() for p in self.model.parameters())
+        result = RunResult(self.run_path, self.classes, total_params=total, model=self.model)
+        result.skipped_images = sum(len(v) for v in self.data.skipped.values())
+        result.cache = self.caches.records
+        result.interrupted = interrupted
+        result.steps = self.unfreezer.global_step
+        result.trainable_params = _trainable(self.model)
+        result.wall_time_s = self._elapsed()
+        result.epochs = self.logger.rows("epochs") if self.rank == 0 else list(self.tracker.rows)
+        self.task.fill_result(result, self.tracker)
+        result.replicas_agree = distributed.replicas_agree(self.model, self.device)
+        if self.rank != 0:
+            return result
+        self.run.plot()
+        if not interrupted:
+            metadata = {
+                "classes": self.classes,
+                "model": self.config.model.name,
+                "schedule": self.config.unfreeze.schedule,
+            }
+            self.run.save_weights(self.model, MODEL_FILE, metadata=metadata)
+        self.run.write_json(SUMMARY_FILE, {**result.to_dict(), "notes": self.notes})
+        self.run.write_csv(
+            PER_CLASS_FILE,
+            [{"class": c, "accuracy": a} for c, a in result.per_class.items()],
+            ["class", "accuracy"],
+        )
+        return result
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        start = getattr(self, "session_start", time.perf_counter())
+        return self.tracker.elapsed + time.perf_counter() - start
+
+    def _on_unlock(self, event: UnlockEvent) -> None:
+        self.live = {"trainable": _trainable(self.model), "groups": len(self.unfreezer.trainable)}
+        self.logger.log_event(
+            event.step,
+            event.step / self.steps_per_epoch,
+            _event_label(self.unfreezer, event),
+            trainable_params=self.live["trainable"],
+        )
+
+    def _say_cache(self, record: dict[str, Any]) -> None:
+        self.notes.append(record["line"])
+        if self.rank == 0:
+            print(f"layerlock finetune: {record['line']}", file=sys.stderr, flush=True)
+            with self.run.file(CACHE_LOG_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _lrs(self) -> dict[str, float]:
+        """The highest LR of each layer group's param groups, as ``lr/<group>`` columns."""
+        out: dict[str, float] = {}
+        for pg in self.unfreezer.optimizer.param_groups:
+            key = f"lr/{layer_group_of(str(pg.get('name')))}"
+            if key not in out or pg["lr"] > out[key]:
+                out[key] = float(pg["lr"])
+        return out
+
+
+def _trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _event_label(unfreezer: Unfreezer, event: UnlockEvent) -> str:
+    """``+blocks.11,head``, ``unlock all``, ``-3 groups`` ... for the events log."""
+    names = unfreezer.groups.names
+    if event.step == 0 and len(event.trainable) == len(names):
+        return "all groups"
+    if len(event.trainable) == len(names):
+        return "unlock all"
+    plus = [names[i] for i in sorted(event.unlocked)]
+    minus = [names[i] for i in sorted(event.locked)]
+    parts = []
+    if plus:
+        parts.append("+" + ",".join(plus) if len(plus) <= 2 else f"+{len(plus)} groups")
+    if minus:
+        parts.append("-" + ",".join(minus) if len(minus) <= 2 else f"-{len(minus)} groups")
+    return " ".join(parts) or "nothing trains"

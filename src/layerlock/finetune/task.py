@@ -1,0 +1,178 @@
+"""Tasks: what the recipe trains for (loss, step metrics, evaluation), behind one interface.
+
+The recipe (:class:`~layerlock.finetune.recipe.FinetuneRecipe`) owns the model, the
+Unfreezer, the data order, checkpoints and the run directory; a :class:`Task` owns what
+depends on the objective: the loss of a batch, the counts that become step and epoch
+metrics, and the evaluation. A second task (contrastive image-text) plugs in beside
+:class:`ClassificationTask` without a branch in the loop.
+
+Example:
+    >>> import torch
+    >>> task = ClassificationTask(["cat", "dog"])
+    >>> stats = task.batch(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+    >>> stats.counts
+    {'seen': 2.0, 'right': 1.0}
+    >>> task.step_columns(stats.counts)
+    {'accuracy': 0.5}
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..devices import autocast
+from ..distributed import all_sum
+from ..models import classifier_logits
+from .state import EpochTracker, RunResult
+
+__all__ = ["BatchStats", "ClassificationTask", "Task"]
+
+
+@dataclass
+class BatchStats:
+    """The loss of one batch and the counts it adds to the step and epoch metrics.
+
+    Attributes:
+        loss: The tensor ``backward()`` is called on (mean over the batch).
+        counts: Plain numbers the recipe sums over ranks and over the epoch; ``seen``
+            (samples in the batch) is always present.
+    """
+
+    loss: torch.Tensor
+    counts: dict[str, float]
+
+
+class Task(ABC):
+    """What a training objective provides to the recipe.
+
+    Attributes:
+        name: The task's name in configs and summaries (``classify``).
+        best_metric: The evaluation column that decides the best epoch (higher is better).
+    """
+
+    name: str
+    best_metric: str
+
+    @abstractmethod
+    def batch(self, output: Any, target: torch.Tensor) -> BatchStats:
+        """Loss and counts of one training batch from the model's output."""
+
+    @abstractmethod
+    def step_columns(self, counts: Mapping[str, float]) -> dict[str, float]:
+        """Columns of a step row from one step's counts (summed over ranks)."""
+
+    @abstractmethod
+    def train_columns(self, loss_sum: float, counts: Mapping[str, float]) -> dict[str, Any]:
+        """Columns of an epoch row from the epoch's summed loss and counts."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        model: nn.Module,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> dict[str, Any]:
+        """Evaluation metrics over ``batches`` (all ranks' shares combined).
+
+        Returns:
+            Epoch-row columns (``None`` values are left out of the row) plus, under keys
+            starting with ``_``, details kept beside the row (e.g. ``_per_class``).
+        """
+
+    @abstractmethod
+    def fill_result(self, result: RunResult, tracker: EpochTracker) -> None:
+        """Copy the final and best metrics of ``tracker`` into ``result``."""
+
+
+class ClassificationTask(Task):
+    """Image classification: cross-entropy, top-1 / top-5, per-class accuracy.
+
+    Args:
+        classes: Class names; label ``i`` is ``classes[i]``.
+        label_smoothing: Cross-entropy label smoothing of the training loss.
+    """
+
+    name = "classify"
+    best_metric = "val_acc"
+
+    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0) -> None:
+        self.classes = list(classes)
+        self.label_smoothing = label_smoothing
+
+    def batch(self, output: Any, target: torch.Tensor) -> BatchStats:
+        logits = classifier_logits(output).float()
+        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        right = float((logits.detach().argmax(-1) == target).sum())
+        return BatchStats(loss, {"seen": float(target.numel()), "right": right})
+
+    def step_columns(self, counts: Mapping[str, float]) -> dict[str, float]:
+        return {"accuracy": counts["right"] / max(counts["seen"], 1.0)}
+
+    def train_columns(self, loss_sum: float, counts: Mapping[str, float]) -> dict[str, Any]:
+        seen = counts.get("seen", 0.0)
+        if not seen:
+            return {"train_loss": None, "train_acc": None}
+        return {"train_loss": loss_sum / seen, "train_acc": counts["right"] / seen}
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> dict[str, Any]:
+        n = len(self.classes)
+        was = model.training
+        model.eval()
+        loss_sum = correct1 = correct5 = total = 0.0
+        right = torch.zeros(n, dtype=torch.float64)
+        count = torch.zeros(n, dtype=torch.float64)
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, dtype):
+                logits = classifier_logits(model(x)).float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            hit = (logits.argmax(-1) == y).double().cpu()
+            correct1 += float(hit.sum())
+            if n > 5:
+                top5 = logits.topk(5, dim=-1).indices
+                correct5 += float((top5 == y[:, None]).any(-1).sum())
+            total += y.numel()
+            yc = y.cpu()
+            right.index_add_(0, yc, hit)
+            count.index_add_(0, yc, torch.ones_like(hit))
+        model.train(was)
+        sums = all_sum(
+            [loss_sum, correct1, correct5, total, *right.tolist(), *count.tolist()], device
+        )
+        loss_sum, correct1, correct5, total = sums[:4]
+        right_l, count_l = sums[4 : 4 + n], sums[4 + n :]
+        total = max(total, 1.0)
+        return {
+            "val_loss": loss_sum / total,
+            "val_acc": correct1 / total,
+            "val_top5": correct5 / total if n > 5 else None,
+            "_per_class": [r / c if c else math.nan for r, c in zip(right_l, count_l)],
+        }
+
+    def fill_result(self, result: RunResult, tracker: EpochTracker) -> None:
+        last = tracker.last
+        if not last:
+            return
+        result.final_top1 = float(last["val_acc"])
+        result.final_loss = float(last["val_loss"])
+        top5 = last.get("val_top5")
+        result.final_top5 = float(top5) if top5 is not None else None
+        result.best_top1, result.best_epoch = tracker.best, tracker.best_epoch
+        per_class = tracker.details.get("_per_class", [])
+        result.per_class = {c: float(a) for c, a in zip(self.classes, per_class)}
