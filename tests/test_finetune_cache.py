@@ -1,9 +1,10 @@
 """finetune with the frozen-prefix feature cache (``cache=auto|on|off``).
 
-Cached and uncached runs must train the same weights when they see the same inputs
-(deterministic train transform; or, with random augmentation, while epoch ``e`` still
-trains on view ``e``), a resumed cached run must equal the uninterrupted one bit for bit,
-and every stage logs one line saying whether and why it is cached.
+Cached and uncached runs must train alike when they see the same inputs (deterministic
+train transform; or, with random augmentation, while epoch ``e`` still trains on view
+``e``): the same loss at every step and the same metrics. A resumed cached run must equal
+the uninterrupted one bit for bit, and every stage logs one line saying whether and why it
+is cached.
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ from test_finetune import tiny_config
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    torch.set_num_threads(1)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # conftest restores the count after the test
 
 
 def tiny_net(num_classes: int = 3) -> nn.Module:
@@ -46,20 +44,35 @@ def _run(tmp_path: Path, name: str, stop_after: int | None = None, **kw: object)
     return finetune(cfg, progress=False, stop_after=stop_after)
 
 
-def _assert_same_weights(a: RunResult, b: RunResult, atol: float) -> None:
-    assert a.model is not None and b.model is not None
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert sa.keys() == sb.keys()
-    worst = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa)
-    assert worst <= atol, f"weights differ by {worst}"
+def _run_logged(tmp_path: Path, name: str, **kw: object) -> tuple[RunResult, torch.Tensor]:
+    """The run and its training loss at every step."""
+    losses: list[float] = []
+    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / name), **kw)
+    result = finetune(cfg, progress=False, on_step=lambda step, loss: losses.append(loss))
+    return result, torch.tensor(losses, dtype=torch.float64)
 
 
-def _assert_same_metrics(a: RunResult, b: RunResult) -> None:
-    assert len(a.epochs) == len(b.epochs)
-    for ra, rb in zip(a.epochs, b.epochs):
-        assert ra["val_acc"] == rb["val_acc"] and ra["train_acc"] == rb["train_acc"]
-        assert ra["val_loss"] == pytest.approx(rb["val_loss"], abs=1e-5)
-        assert ra["train_loss"] == pytest.approx(rb["train_loss"], abs=1e-5)
+# The runs are compared by their losses, not their weights. AdamW divides each gradient
+# by its running RMS, so float noise in a gradient that is ~0 (a key bias, which softmax
+# ignores) becomes a step of lr: two runs whose features differ in the last bit (another
+# CPU, another thread count, another batch composition of the prefix's matmuls) can end
+# lr x steps apart in such weights. The loss does not feel those weights, and it moves at
+# once when the features are wrong: features off by 1% change these losses by ~1e-3,
+# another sample's features by ~1e-1, float32 rounding by ~1e-7.
+FLOAT32_ATOL = 1e-5
+
+
+def _assert_same_training(
+    a: tuple[RunResult, torch.Tensor], b: tuple[RunResult, torch.Tensor], atol: float
+) -> None:
+    (ra, la), (rb, lb) = a, b
+    assert len(la) == len(lb) > 0
+    torch.testing.assert_close(lb, la, rtol=0, atol=atol)
+    assert len(ra.epochs) == len(rb.epochs)
+    for ea, eb in zip(ra.epochs, rb.epochs):
+        assert ea["val_acc"] == eb["val_acc"] and ea["train_acc"] == eb["train_acc"]
+        assert ea["val_loss"] == pytest.approx(eb["val_loss"], abs=atol)
+        assert ea["train_loss"] == pytest.approx(eb["train_loss"], abs=atol)
 
 
 # -- (a) cached == uncached with the same inputs ------------------------------------------------
@@ -70,8 +83,8 @@ def _assert_same_metrics(a: RunResult, b: RunResult) -> None:
     [("timm:test_vit", {}), ("timm:test_resnet", {"freeze_bn_stats": True})],
 )
 def test_cached_run_equals_uncached_run(tmp_path: Path, model: str, extra: dict) -> None:
-    # float32 storage: the cache holds exactly what the prefix computes, so the only
-    # difference left is the batch composition of the prefix's matmuls (~1e-7).
+    # float32 storage: the cache holds what the prefix computes, up to the batch
+    # composition of the prefix's matmuls (float32 rounding).
     common = dict(
         model=model,
         schedule="0:1, 2:all",
@@ -80,10 +93,10 @@ def test_cached_run_equals_uncached_run(tmp_path: Path, model: str, extra: dict)
         cache_dtype="float32",
         **extra,
     )
-    off = _run(tmp_path, "off", cache="off", **common)
-    on = _run(tmp_path, "on", cache="on", **common)
-    _assert_same_weights(off, on, atol=1e-5)
-    _assert_same_metrics(off, on)
+    off_logged = _run_logged(tmp_path, "off", cache="off", **common)
+    on_logged = _run_logged(tmp_path, "on", cache="on", **common)
+    _assert_same_training(off_logged, on_logged, atol=FLOAT32_ATOL)
+    off, on = off_logged[0], on_logged[0]
     # stage 1 (head only, 2 epochs) trains and evaluates from the cache; stage 2 cannot
     assert [r["cached"] for r in on.epochs] == [True, True, False]
     assert [r["eval_cached"] for r in on.epochs] == [True, True, False]
@@ -98,26 +111,24 @@ def test_cached_run_equals_uncached_run(tmp_path: Path, model: str, extra: dict)
 
 
 def test_fp16_storage_stays_close(tmp_path: Path) -> None:
-    # fp16 keeps ~3 significant digits of each feature; a few steps of AdamW at lr 1e-3
-    # move the head by about lr per step, so the weights agree to a fraction of that.
+    # fp16 rounds each feature by at most 2**-11 (~5e-4) of itself, a twentieth of the
+    # 1% error that moves the losses by ~2e-3: ~1e-4 at most.
     common = dict(schedule="lp", epochs=2, deterministic_train_transform=True)
-    off = _run(tmp_path, "off", cache="off", **common)
-    on = _run(tmp_path, "on", cache="on", cache_dtype="float16", **common)
-    assert all(r["cached"] for r in on.epochs)
-    _assert_same_weights(off, on, atol=1e-3)
-    for ra, rb in zip(off.epochs, on.epochs):
-        assert ra["val_loss"] == pytest.approx(rb["val_loss"], abs=1e-2)
+    off = _run_logged(tmp_path, "off", cache="off", **common)
+    on = _run_logged(tmp_path, "on", cache="on", cache_dtype="float16", **common)
+    assert all(r["cached"] for r in on[0].epochs)
+    _assert_same_training(off, on, atol=2e-4)
 
 
 def test_random_augmentation_views_are_the_uncached_epochs(tmp_path: Path) -> None:
     # View v is drawn exactly like epoch v's augmentation: with 2 views and a 2-epoch
     # stage the cached run sees the uncached run's inputs.
     common = dict(schedule="lp", epochs=2, cache_dtype="float32", cache_views=2)
-    off = _run(tmp_path, "off", cache="off", **common)
-    on = _run(tmp_path, "on", cache="on", **common)
-    assert all(r["cached"] for r in on.epochs)
-    assert on.cache[0]["views"] == 2
-    _assert_same_weights(off, on, atol=1e-5)
+    off = _run_logged(tmp_path, "off", cache="off", **common)
+    on = _run_logged(tmp_path, "on", cache="on", **common)
+    assert all(r["cached"] for r in on[0].epochs)
+    assert on[0].cache[0]["views"] == 2
+    _assert_same_training(off, on, atol=FLOAT32_ATOL)
     # a third epoch reuses view 0: a deliberate difference from the uncached run
     three = dict(common, epochs=3)
     off3 = _run(tmp_path, "off3", cache="off", **three)
