@@ -57,12 +57,12 @@ except ImportError as exc:  # pragma: no cover - exercised with the module hidde
         "pip install 'layerlock[transformers]'"
     ) from exc
 
-from ..groups import LayerGroups, layer_groups
+from ..groups import LayerGroups
 from ..optim import create_optimizer
 from ..options import UnfreezeOptions, resolve_options
 from ..schedule import Schedule
 from ..unfreezer import Unfreezer
-from ._options import callback_options
+from ._options import callback_options, framework_unfreezer, hand_back_lrs
 from ._schedulers import extend_scheduler
 
 __all__ = ["LayerlockTrainerCallback", "layerlock_optimizer"]
@@ -202,19 +202,15 @@ class LayerlockTrainerCallback(TrainerCallback):
         before = len(optimizer.param_groups)
         lrs = [pg["lr"] for pg in optimizer.param_groups]
         base_lr = self.options.lr if self.manage_lr else float(args.learning_rate)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*do not carry layerlock group names.*")
-            unfreezer = Unfreezer(
-                model,
-                self.options,
-                epochs=epochs,
-                steps_per_epoch=spe,
-                optimizer=optimizer,
-                groups=layer_groups(model, self.coarse),
-                ddp=False,
-                schedule=self.schedule,
-                lr=base_lr,
-            )
+        unfreezer = framework_unfreezer(
+            model,
+            optimizer,
+            self.options,
+            self.schedule,
+            epochs=epochs,
+            steps_per_epoch=spe,
+            lr=base_lr,
+        )
         if getattr(args, "world_size", 1) > 1 and len(unfreezer.plan.events) > 1:
             raise ConfigError(
                 f"schedule {str(self.schedule)!r} changes the trainable set, which Trainer's "
@@ -233,12 +229,7 @@ class LayerlockTrainerCallback(TrainerCallback):
                 stacklevel=2,
             )
         if not self.manage_lr:
-            # the Unfreezer set LRs by its formula when it was built: give them back
-            unfreezer.manage_lr = False
-            for pg, lr in zip(optimizer.param_groups, lrs):
-                pg["lr"] = lr
-            for pg in optimizer.param_groups[before:]:
-                pg["lr"] = base_lr * float(pg.get("lr_scale", 1.0))
+            hand_back_lrs(unfreezer, lrs, base_lr)
         elif not unfreezer.manage_lr:
             warnings.warn(
                 "manage_lr is set but the optimizer's param groups do not carry layerlock names: "

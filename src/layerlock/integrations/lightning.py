@@ -81,11 +81,10 @@ except ImportError as exc:  # pragma: no cover - exercised with the module hidde
     ) from exc
 
 from ..distributed import is_distributed
-from ..groups import layer_groups
 from ..options import UnfreezeOptions
 from ..schedule import Schedule
 from ..unfreezer import Unfreezer
-from ._options import callback_options
+from ._options import callback_options, framework_unfreezer, hand_back_lrs
 from ._schedulers import extend_scheduler
 
 __all__ = ["LayerlockFinetuning"]
@@ -227,30 +226,21 @@ class LayerlockFinetuning(Callback):
         before = len(optimizer.param_groups)
         lrs = [pg["lr"] for pg in optimizer.param_groups]
         base_lr = self.options.lr if self.manage_lr else float(optimizer.defaults.get("lr", 1e-3))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*do not carry layerlock group names.*")
-            unfreezer = Unfreezer(
-                target,
-                self.options,
-                epochs=epochs,
-                steps_per_epoch=spe,
-                optimizer=optimizer,
-                groups=layer_groups(target, self.coarse),
-                ddp=False,
-                schedule=self.schedule,
-                lr=base_lr,
-            )
+        unfreezer = framework_unfreezer(
+            target,
+            optimizer,
+            self.options,
+            self.schedule,
+            epochs=epochs,
+            steps_per_epoch=spe,
+            lr=base_lr,
+        )
         added = optimizer.param_groups[before:]
         for config in trainer.lr_scheduler_configs:
             if getattr(config.scheduler, "optimizer", None) is optimizer:
                 extend_scheduler(config.scheduler, added, before)
         if not self.manage_lr:
-            # the Unfreezer set LRs by its formula when it was built: give them back
-            unfreezer.manage_lr = False
-            for pg, lr in zip(optimizer.param_groups, lrs):
-                pg["lr"] = lr
-            for pg in optimizer.param_groups[before:]:
-                pg["lr"] = base_lr * float(pg.get("lr_scale", 1.0))
+            hand_back_lrs(unfreezer, lrs, base_lr)
         elif not unfreezer.manage_lr:
             warnings.warn(
                 "manage_lr is set but the optimizer's param groups do not carry layerlock "
