@@ -15,9 +15,7 @@ from layerlock.split import split_model, split_reason
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+def _seed():
     torch.manual_seed(0)
 
 
