@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ..errors import LayerlockError
 
-__all__ = ["main"]
+__all__ = ["add_model_arguments", "examples", "main"]
 
 SUBCOMMANDS = ("groups", "plan", "finetune", "compare", "bench")
 
@@ -65,3 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def examples(*lines: str) -> str:
     """Format an ``--help`` epilog of examples."""
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+#: ``MODEL`` of the commands that build a model from a spec (``layerlock.models.build_model``).
+MODEL_HELP = "timm:NAME | open_clip:NAME | hf:NAME | torchvision:NAME | module:PATH:FACTORY"
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, pretrained_help: str) -> None:
+    """The positional ``MODEL`` and the ``--coarse`` / ``--pretrained`` flags that build it."""
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument(
+        "--coarse", action="store_true", help="the family's coarse grouping (timm: stages)"
+    )
+    p.add_argument(
+        "--pretrained", nargs="?", const=True, default=False, metavar="TAG", help=pretrained_help
+    )

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..groups import LayerGroups, layer_groups
 from ..lock import lock
-from . import examples
+from . import add_model_arguments, examples
 
 __all__ = ["add_parser", "group_table", "run"]
 
@@ -35,9 +35,8 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "model",
-        help="timm:NAME | open_clip:NAME | hf:NAME | torchvision:NAME | module:PATH:FACTORY",
+    add_model_arguments(
+        p, pretrained_help="load published weights (needs network; OpenCLIP takes a tag)"
     )
     sel = p.add_mutually_exclusive_group()
     sel.add_argument(
@@ -59,17 +58,6 @@ def add_parser(sub: Any) -> None:
         choices=["visual", "text", "both"],
         default="both",
         help="for CLIP-style models: which tower to show / address (default: both)",
-    )
-    p.add_argument(
-        "--coarse", action="store_true", help="the family's coarse grouping (timm: stages)"
-    )
-    p.add_argument(
-        "--pretrained",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="TAG",
-        help="load published weights (needs network; OpenCLIP takes a tag)",
     )
     p.add_argument("--num-classes", type=int, default=None, help="classifier size, where supported")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -149,13 +137,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import build_model
 
     model = build_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes)
-    table = group_table(
-        model,
-        unlocked_groups=args.unlocked_groups,
-        groups_spec=args.groups,
-        tower=args.tower,
-        coarse=args.coarse,
-    )
+    selection = {"unlocked_groups": args.unlocked_groups, "groups_spec": args.groups}
+    table = group_table(model, **selection, tower=args.tower, coarse=args.coarse)
     table["spec"] = args.model
     if args.json:
         json.dump(table, sys.stdout, indent=2)

@@ -13,12 +13,18 @@ from ..groups import layer_groups
 from ..optim import group_multipliers
 from ..options import UnfreezeOptions
 from ..schedule import PRESETS, ResolvedSchedule, parse_schedule, resolve_schedule
-from . import examples
+from . import add_model_arguments, examples
 
 __all__ = ["add_parser", "plan_data", "render_png", "run"]
 
 # the flags' defaults are the unfreezing options' own
 _DEFAULTS = UnfreezeOptions()
+#: flag, type, default, metavar, help
+_NUMBER_FLAGS: tuple[tuple[str, type, float, str, str], ...] = (
+    ("--steps-per-epoch", int, 1, "S", "optimizer steps per epoch (default 1)"),
+    ("--layer-decay", float, _DEFAULTS.layer_decay, "D", "layer-wise LR decay (1 = off)"),
+    ("--discriminative", float, _DEFAULTS.discriminative, "F", "ULMFiT factor per group (1 = off)"),
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -42,48 +48,15 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "model",
-        help="timm:NAME | open_clip:NAME | hf:NAME | torchvision:NAME | module:PATH:FACTORY",
-    )
+    add_model_arguments(p, pretrained_help="load published weights")
     p.add_argument(
         "--schedule", "-s", required=True, metavar="SPEC", help="schedule text or preset"
     )
     p.add_argument("--epochs", "-e", required=True, type=int, metavar="N", help="epochs of the run")
-    p.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        default=1,
-        metavar="S",
-        help="optimizer steps per epoch (default 1)",
-    )
-    p.add_argument(
-        "--layer-decay",
-        type=float,
-        default=_DEFAULTS.layer_decay,
-        metavar="D",
-        help="layer-wise LR decay (1 = off)",
-    )
-    p.add_argument(
-        "--discriminative",
-        type=float,
-        default=_DEFAULTS.discriminative,
-        metavar="F",
-        help="ULMFiT factor per group (1 = off)",
-    )
+    for flag, kind, default, metavar, text in _NUMBER_FLAGS:
+        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     p.add_argument(
         "--tower", choices=["visual", "text"], default=None, help="apply to one tower only"
-    )
-    p.add_argument(
-        "--coarse", action="store_true", help="the family's coarse grouping (timm: stages)"
-    )
-    p.add_argument(
-        "--pretrained",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="TAG",
-        help="load published weights",
     )
     p.add_argument(
         "--out", "-o", type=Path, default=None, metavar="PNG", help="write a chart of the plan"

@@ -4,14 +4,14 @@ Both callbacks take an :class:`~layerlock.options.UnfreezeOptions` (or a schedul
 keyword overrides, like the :class:`~layerlock.unfreezer.Unfreezer`. They differ from it in
 one way: by default the framework's optimizer and LR scheduler keep owning the learning
 rates, and layerlock sets them only when asked (an ``lr`` keyword, or ``manage_lr=True``).
-:func:`framework_unfreezer` builds the Unfreezer over the framework's optimizer and
-:func:`hand_back_lrs` gives the framework its learning rates back.
+:func:`framework_unfreezer` builds the Unfreezer over the framework's optimizer.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -21,8 +21,9 @@ from ..groups import layer_groups
 from ..options import UnfreezeOptions, resolve_options
 from ..schedule import Schedule, parse_schedule
 from ..unfreezer import Unfreezer
+from ._schedulers import extend_scheduler
 
-__all__ = ["callback_options", "framework_unfreezer", "hand_back_lrs"]
+__all__ = ["CallbackSettings", "callback_options", "framework_unfreezer"]
 
 
 def callback_options(
@@ -56,33 +57,60 @@ def callback_options(
     return opts, schedule, ("lr" in overrides) if manage_lr is None else manage_lr
 
 
+class CallbackSettings(Protocol):
+    """What each callback holds: the three results of :func:`callback_options`."""
+
+    options: UnfreezeOptions
+    schedule: Schedule
+    manage_lr: bool
+
+
 def framework_unfreezer(
+    callback: CallbackSettings,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    options: UnfreezeOptions,
-    schedule: Schedule,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-    lr: float,
+    lengths: tuple[int, int],
+    framework_lr: float,
+    schedulers: Iterable[Any] = (),
 ) -> Unfreezer:
     """An :class:`~layerlock.unfreezer.Unfreezer` over the optimizer a framework built.
 
-    The Unfreezer appends the param groups ``optimizer`` lacks; the framework wraps the model
-    for DDP itself. Its warning about param groups without layerlock names is silenced: the
-    callbacks decide what to say about them.
+    The Unfreezer appends the param groups ``optimizer`` lacks, and each of ``schedulers``
+    (the framework's LR schedulers of ``optimizer``) is extended to them. The framework wraps
+    the model for DDP itself. The warning about param groups without layerlock names is
+    silenced: each callback says what they mean for its framework.
+
+    Args:
+        callback: The callback's options, schedule and ``manage_lr``. Without ``manage_lr``
+            the Unfreezer's LRs are given back: the framework's param groups keep theirs,
+            the added ones get ``framework_lr`` times their ``lr_scale``.
+        model: The model the framework trains.
+        optimizer: The framework's optimizer.
+        lengths: Epochs of the run and optimizer steps per epoch.
+        framework_lr: The framework's base learning rate.
+        schedulers: LR schedulers to extend to the added param groups.
+
+    Returns:
+        The Unfreezer (``manage_lr`` off unless layerlock sets the LRs and can).
 
     Example:
+        >>> import types
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
-        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> opts, schedule, _ = callback_options("full", {}, None)
-        >>> u = framework_unfreezer(model, opt, opts, schedule, epochs=1, steps_per_epoch=2, lr=0.1)
-        >>> u.optimizer is opt, u.manage_lr
-        (True, False)
+        >>> opt = torch.optim.SGD(model[1].parameters(), lr=0.1)
+        >>> opts, schedule, manage_lr = callback_options("full", {}, None)
+        >>> cb = types.SimpleNamespace(options=opts, schedule=schedule, manage_lr=manage_lr)
+        >>> u = framework_unfreezer(cb, model, opt, (1, 2), framework_lr=0.1)
+        >>> u.optimizer is opt, u.manage_lr, len(opt.param_groups) > 1
+        (True, False, True)
     """
+    options, manage_lr = callback.options, callback.manage_lr
+    lr = options.lr if manage_lr else framework_lr
+    epochs, steps_per_epoch = lengths
+    framework_lrs = [pg["lr"] for pg in optimizer.param_groups]
+    before = len(framework_lrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*do not carry layerlock group names.*")
-        return Unfreezer(
+        unfreezer = Unfreezer(
             model,
             options,
             epochs=epochs,
@@ -90,25 +118,17 @@ def framework_unfreezer(
             optimizer=optimizer,
             groups=layer_groups(model, options.coarse),
             ddp=False,
-            schedule=schedule,
+            schedule=callback.schedule,
             lr=lr,
         )
-
-
-def hand_back_lrs(unfreezer: Unfreezer, lrs: list[float], base_lr: float) -> None:
-    """Leave the learning rates to the framework (``manage_lr`` off).
-
-    The Unfreezer set every LR by its formula when it was built: the framework's param groups
-    get their LRs ``lrs`` back, the groups it added get ``base_lr`` times their ``lr_scale``.
-
-    Args:
-        unfreezer: Built by :func:`framework_unfreezer`.
-        lrs: The LRs of the optimizer's param groups before the Unfreezer was built.
-        base_lr: The framework's base learning rate.
-    """
-    unfreezer.manage_lr = False
-    groups = unfreezer.optimizer.param_groups
-    for pg, lr in zip(groups, lrs):
-        pg["lr"] = lr
-    for pg in groups[len(lrs) :]:
-        pg["lr"] = base_lr * float(pg.get("lr_scale", 1.0))
+    added = optimizer.param_groups[before:]
+    for scheduler in schedulers:
+        extend_scheduler(scheduler, added, before)
+    if not manage_lr:
+        # the Unfreezer set LRs by its formula when it was built: give them back
+        unfreezer.manage_lr = False
+        for pg, framework_lr in zip(optimizer.param_groups, framework_lrs):
+            pg["lr"] = framework_lr
+        for pg in added:
+            pg["lr"] = lr * float(pg.get("lr_scale", 1.0))
+    return unfreezer

@@ -62,8 +62,7 @@ from ..optim import create_optimizer
 from ..options import UnfreezeOptions, resolve_options
 from ..schedule import Schedule
 from ..unfreezer import Unfreezer
-from ._options import callback_options, framework_unfreezer, hand_back_lrs
-from ._schedulers import extend_scheduler
+from ._options import callback_options, framework_unfreezer
 
 __all__ = ["LayerlockTrainerCallback", "layerlock_optimizer"]
 
@@ -198,18 +197,11 @@ class LayerlockTrainerCallback(TrainerCallback):
         """Resolve the schedule, complete the optimizer and lock for the current step."""
         if model is None or optimizer is None:
             raise ConfigError("LayerlockTrainerCallback needs Trainer's model and optimizer")
-        epochs, spe = self._lengths(args, state, train_dataloader)
+        lengths = self._lengths(args, state, train_dataloader)
         before = len(optimizer.param_groups)
-        lrs = [pg["lr"] for pg in optimizer.param_groups]
-        base_lr = self.options.lr if self.manage_lr else float(args.learning_rate)
+        schedulers = [] if lr_scheduler is None else [lr_scheduler]
         unfreezer = framework_unfreezer(
-            model,
-            optimizer,
-            self.options,
-            self.schedule,
-            epochs=epochs,
-            steps_per_epoch=spe,
-            lr=base_lr,
+            self, model, optimizer, lengths, float(args.learning_rate), schedulers
         )
         if getattr(args, "world_size", 1) > 1 and len(unfreezer.plan.events) > 1:
             raise ConfigError(
@@ -219,8 +211,6 @@ class LayerlockTrainerCallback(TrainerCallback):
             )
         added = optimizer.param_groups[before:]
         if added:
-            if lr_scheduler is not None:
-                extend_scheduler(lr_scheduler, added, before)
             warnings.warn(
                 f"LayerlockTrainerCallback added param groups {[pg.get('name') for pg in added]} "
                 "that Trainer's optimizer lacked (they follow Trainer's LR schedule); resuming "
@@ -228,9 +218,7 @@ class LayerlockTrainerCallback(TrainerCallback):
                 "optimizers=(layerlock_optimizer(model, lr=...), None) instead",
                 stacklevel=2,
             )
-        if not self.manage_lr:
-            hand_back_lrs(unfreezer, lrs, base_lr)
-        elif not unfreezer.manage_lr:
+        if self.manage_lr and not unfreezer.manage_lr:
             warnings.warn(
                 "manage_lr is set but the optimizer's param groups do not carry layerlock names: "
                 "LRs are left to Trainer (pass optimizers=(layerlock_optimizer(...), None))",

@@ -84,8 +84,7 @@ from ..distributed import is_distributed
 from ..options import UnfreezeOptions
 from ..schedule import Schedule
 from ..unfreezer import Unfreezer
-from ._options import callback_options, framework_unfreezer, hand_back_lrs
-from ._schedulers import extend_scheduler
+from ._options import callback_options, framework_unfreezer
 
 __all__ = ["LayerlockFinetuning"]
 
@@ -215,7 +214,7 @@ class LayerlockFinetuning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Resolve the schedule, complete the optimizer, lock for step 0, rebuild DDP."""
         target = self._target(pl_module)
-        epochs, spe = self._lengths(trainer)
+        lengths = self._lengths(trainer)
         optimizers = trainer.optimizers
         if not 0 <= self.optimizer_index < len(optimizers):
             raise ConfigError(
@@ -223,31 +222,19 @@ class LayerlockFinetuning(Callback):
                 f"configure_optimizers returned {len(optimizers)} optimizer(s)"
             )
         optimizer = optimizers[self.optimizer_index]
-        before = len(optimizer.param_groups)
-        lrs = [pg["lr"] for pg in optimizer.param_groups]
-        base_lr = self.options.lr if self.manage_lr else float(optimizer.defaults.get("lr", 1e-3))
-        unfreezer = framework_unfreezer(
-            target,
-            optimizer,
-            self.options,
-            self.schedule,
-            epochs=epochs,
-            steps_per_epoch=spe,
-            lr=base_lr,
-        )
-        added = optimizer.param_groups[before:]
-        for config in trainer.lr_scheduler_configs:
-            if getattr(config.scheduler, "optimizer", None) is optimizer:
-                extend_scheduler(config.scheduler, added, before)
-        if not self.manage_lr:
-            hand_back_lrs(unfreezer, lrs, base_lr)
-        elif not unfreezer.manage_lr:
+        configs = trainer.lr_scheduler_configs
+        schedulers = [
+            c.scheduler for c in configs if getattr(c.scheduler, "optimizer", None) is optimizer
+        ]
+        framework_lr = float(optimizer.defaults.get("lr", 1e-3))
+        unfreezer = framework_unfreezer(self, target, optimizer, lengths, framework_lr, schedulers)
+        if self.manage_lr and not unfreezer.manage_lr:
             warnings.warn(
                 "manage_lr is set but the optimizer's param groups do not carry layerlock "
                 "names: LRs are left to your optimizer (build it with layerlock.create_optimizer)",
                 stacklevel=2,
             )
-        elif trainer.lr_scheduler_configs:
+        elif self.manage_lr and configs:
             warnings.warn(
                 "manage_lr is set, so LayerlockFinetuning sets every LR each step; the LR scheduler "
                 "from configure_optimizers is overridden",
