@@ -13,43 +13,42 @@ import sys
 import warnings
 from typing import Any
 
-from ..config import FinetuneConfig, dotted_keys, load_config
+from ..config import DATA_SOURCES, DEVICES, PRECISIONS, FinetuneConfig, dotted_keys, load_config
 from ..errors import ConfigError
 from . import examples
 
 __all__ = ["FLAGS", "add_arguments", "add_parser", "config_from_args", "flag_dest", "run"]
 
+_MODEL_HELP = "timm:NAME | open_clip:NAME | hf:NAME | module:PATH:FACTORY | demo"
+_SCHEDULE_HELP = "lp-ft | full | lp | gradual | chain-thaw | '0:1, 2:all' ..."
+_CACHE_HELP = (
+    "auto | on | off: serve the locked groups' output from a feature cache "
+    "(auto decides per stage and logs why)"
+)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return " | ".join(choices)
+
+
 #: ``--flag`` -> dotted config key, for the options most runs set.
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "--model": (
-        "model.name",
-        str,
-        "timm:NAME | open_clip:NAME | hf:NAME | module:PATH:FACTORY | demo",
-    ),
+    "--model": ("model.name", str, _MODEL_HELP),
     "--checkpoint": ("model.checkpoint", str, "local weights (safetensors) loaded into the model"),
-    "--data": ("data.source", str, "demo | folder | csv | hf"),
+    "--data": ("data.source", str, _one_of(DATA_SOURCES)),
     "--data-path": ("data.path", str, "ImageFolder root (train/, val/) or HF dataset name"),
     "--train-csv": ("data.train_csv", str, "CSV of path,label rows for training"),
     "--val-csv": ("data.val_csv", str, "CSV of path,label rows for evaluation"),
-    "--schedule": (
-        "unfreeze.schedule",
-        str,
-        "lp-ft | full | lp | gradual | chain-thaw | '0:1, 2:all' ...",
-    ),
+    "--schedule": ("unfreeze.schedule", str, _SCHEDULE_HELP),
     "--epochs": ("run.epochs", int, "training epochs"),
     "--batch-size": ("run.batch_size", int, "images per step and process"),
     "--lr": ("unfreeze.lr", float, "peak learning rate of the head"),
     "--seed": ("run.seed", int, "seed of everything random"),
     "--workers": ("data.workers", str, "data-loader worker processes, or auto"),
-    "--precision": ("run.precision", str, "auto | fp32 | bf16"),
-    "--device": ("run.device", str, "auto | cpu | cuda | mps"),
+    "--precision": ("run.precision", str, _one_of(PRECISIONS)),
+    "--device": ("run.device", str, _one_of(DEVICES)),
     "--out-dir": ("run.out_dir", str, "run directory (a new one: -2, -3 ... if it holds a run)"),
-    "--cache": (
-        "cache.mode",
-        str,
-        "auto | on | off: serve the locked groups' output from a feature cache "
-        "(auto decides per stage and logs why)",
-    ),
+    "--cache": ("cache.mode", str, _CACHE_HELP),
     "--cache-budget": ("cache.budget_mb", int, "MiB the feature cache may use (default 1024)"),
 }
 
