@@ -185,14 +185,6 @@ def test_old_flat_config_yaml_loads_and_its_checkpoint_still_matches(tmp_path):
     assert not changed.fingerprint_matches(OLD_FLAT_FINGERPRINT)
 
 
-def test_legacy_read_only_bridge_for_code_not_yet_moved():
-    cfg = load_config(overrides={"unfreeze.lr": 0.02, "data.path": "x", "run.epochs": 4})
-    assert (cfg.lr, cfg.data_path, cfg.epochs, cfg.cache_budget_mb) == (0.02, "x", 4, 1024)
-    assert cfg.workers == 0  # "auto" for the demo task
-    with pytest.raises(AttributeError):
-        _ = cfg.no_such_option
-
-
 def test_every_problem_reported_at_once_with_dotted_keys_and_suggestions(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epoch: 3\nrun: {batchsize: 8, precision: fp16}\nunfreeze: {lr: fast}\n")
@@ -343,11 +335,18 @@ def test_with_overrides_returns_a_validated_copy():
         base.with_overrides(["run.epochs=0"])
 
 
-def test_workers_auto_is_a_policy():
-    assert DataOptions().num_workers(cpu_count=16) == 0  # demo images are in memory
-    assert DataOptions(source="folder").num_workers(cpu_count=16) == 8
-    assert DataOptions(source="folder").num_workers(cpu_count=1) == 0
-    assert DataOptions(source="folder", workers=5).num_workers(cpu_count=1) == 5
+def test_workers_auto_is_a_policy(monkeypatch):
+    import torch
+
+    from layerlock.data import loading
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(loading, "available_cores", lambda: 16)
+    assert loading.resolve_workers("auto", gpu, in_memory=True) == 0  # demo images in memory
+    assert loading.resolve_workers("auto", gpu) == 8
+    monkeypatch.setattr(loading, "available_cores", lambda: 1)
+    assert loading.resolve_workers("auto", gpu) == 0
+    assert loading.resolve_workers(DataOptions(workers=5).workers, cpu) == 5
 
 
 def test_parse_overrides_accepts_dicts():

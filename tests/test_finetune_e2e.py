@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from layerlock.cli import main
-from layerlock.config import FinetuneConfig
 from layerlock.finetune import finetune
 from layerlock.models import build_classifier
 from layerlock.runs import read_jsonl

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from layerlock.charts import plot_run
 from layerlock.errors import LayerlockError
 from layerlock.runs import (
     MetricsLogger,
@@ -22,7 +23,6 @@ from layerlock.runs import (
     is_main_process,
     load_checkpoint,
     load_weights,
-    plot_run,
     read_jsonl,
     save_checkpoint,
     save_weights,

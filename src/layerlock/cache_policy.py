@@ -9,7 +9,7 @@ decided and renders the decision's reasons into its log line.
 Example:
     >>> plan = plan_stage("auto", 14, 13, stage_epochs=5, evals=5, train_bytes=2**20,
     ...                   val_bytes=2**20, budget=2**30)
-    >>> plan.train.on, plan.eval.on, plan.views
+    >>> plan.train.cache, plan.eval.cache, plan.views
     (True, True, 1)
 """
 
@@ -241,7 +241,7 @@ def plan_stage(
     Example:
         >>> p = plan_stage("on", 10, 0, stage_epochs=2, evals=2, train_bytes=1,
         ...                val_bytes=1, budget=2**20, blocked="boundary 0")
-        >>> p.train.on, p.train.reason
+        >>> p.train.cache, p.train.reason
         (False, 'uncached: boundary 0')
     """
     if mode not in CACHE_MODES:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import types
 import typing
 import warnings
@@ -41,6 +40,9 @@ from typing import Any, Literal
 
 import yaml
 
+from .cache_policy import CACHE_MODES
+from .data.datasets import BAD_IMAGE_POLICIES
+from .data.sources import DATA_SOURCES
 from .errors import ConfigError, suggest
 from .options import UnfreezeOptions
 
@@ -67,15 +69,14 @@ __all__ = [
 
 TASKS = ("classify",)
 PRECISIONS = ("auto", "fp32", "bf16")
-CACHE_MODES = ("auto", "on", "off")
 CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
-DATA_SOURCES = ("demo", "folder", "csv", "hf")
-BAD_IMAGE_POLICIES = ("skip", "error")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Seeds are 32-bit (NumPy's limit; the data order mixes them with the epoch).
+MAX_SEED = 2**32
+#: More epochs than this is a typo, not a run.
+MAX_EPOCHS = 1_000_000
 #: ``cuda:0`` ... ``cuda:15`` are accepted devices too.
 _MAX_CUDA_INDEX = 16
-#: Data-loader workers ``workers=auto`` never exceeds (more rarely help a single GPU).
-_AUTO_WORKERS_CAP = 8
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
@@ -171,25 +172,6 @@ class DataOptions:
     deterministic_train_transform: bool = False
     workers: int | Literal["auto"] = "auto"
 
-    def num_workers(self, cpu_count: int | None = None) -> int:
-        """The worker count to use: :attr:`workers`, or the ``auto`` choice.
-
-        ``auto``: 0 for the demo task (its images are tensors in memory, so worker
-        processes only add start-up time), else one per CPU core but one, at most 8.
-
-        Example:
-            >>> DataOptions(source="folder").num_workers(cpu_count=4)
-            3
-            >>> DataOptions().num_workers(cpu_count=4), DataOptions(workers=2).num_workers()
-            (0, 2)
-        """
-        if self.workers != "auto":
-            return int(self.workers)
-        if self.source == "demo":
-            return 0
-        cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-        return max(0, min(_AUTO_WORKERS_CAP, cores - 1))
-
     def problems(self) -> list[str]:
         """Every bad value, ``"field: message"`` each (empty when valid)."""
         out: list[str] = []
@@ -261,6 +243,8 @@ class RunOptions:
         out_dir: Run directory.
         resume: Run directory to continue from (must hold a checkpoint of the same config).
         log_every: Steps between per-step metric rows.
+        allow_data_change: Resume even if the data changed since the run started (files
+            added, removed or rewritten); the change is logged in ``events.jsonl``.
     """
 
     epochs: int = 16
@@ -273,6 +257,7 @@ class RunOptions:
     out_dir: str = "runs/finetune"
     resume: str | None = None
     log_every: int = 10
+    allow_data_change: bool = False
 
     def problems(self) -> list[str]:
         """Every bad value, ``"field: message"`` each (empty when valid)."""
@@ -287,8 +272,21 @@ class RunOptions:
             out.append(f"grad_clip: must be > 0 or none, got {self.grad_clip!r}")
         if not 0 <= self.label_smoothing < 1:
             out.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing!r}")
-        if self.resume and not Path(self.resume).is_dir():
-            out.append(f"resume: run directory {self.resume} does not exist")
+        if not 0 <= self.seed < MAX_SEED:
+            out.append(f"seed: must be in [0, {MAX_SEED}), got {self.seed!r}")
+        if self.epochs > MAX_EPOCHS:
+            out.append(f"epochs: {self.epochs:,} is more than the {MAX_EPOCHS:,} supported")
+        if not self.out_dir.strip():
+            out.append("out_dir: must not be empty (a run writes into its own folder)")
+        elif Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            out.append(f"out_dir: {self.out_dir} is a file, not a folder")
+        if self.resume is not None:
+            if not self.resume.strip():
+                out.append("resume: must name a run directory, got an empty value")
+            elif Path(self.resume).is_file():
+                out.append(f"resume: {self.resume} is a file; pass its run directory")
+            elif not Path(self.resume).is_dir():
+                out.append(f"resume: run directory {self.resume} does not exist")
         return out
 
 
@@ -370,6 +368,7 @@ RESUME_IGNORED = frozenset(
         "run.out_dir",
         "run.resume",
         "run.log_every",
+        "run.allow_data_change",
         "run.device",
         "data.workers",
         "data.bad_images",
@@ -468,18 +467,6 @@ class FinetuneConfig:
         if problems:
             raise ConfigError(_format(problems))
         return cfg
-
-    # -- transitional read-only access by the previous release's flat names ------------
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when normal lookup fails: ``config.lr`` reads ``config.unfreeze.lr``
-        # for code not yet moved to the sections. ``workers`` gives the resolved count.
-        if name.startswith("_") or name not in LEGACY_KEYS:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        if name == "workers":
-            return self.data.num_workers()
-        section, _, leaf = LEGACY_KEYS[name].partition(".")
-        return getattr(getattr(self, section), leaf)
 
     # -- validation -------------------------------------------------------------------
 

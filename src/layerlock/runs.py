@@ -49,7 +49,6 @@ __all__ = [
     "load_checkpoint",
     "load_run_config",
     "load_weights",
-    "plot_run",
     "read_jsonl",
     "save_checkpoint",
     "save_weights",
@@ -374,9 +373,10 @@ class MetricsLogger:
     rewritten, atomically, with the wider header; missing values are empty cells. JSON Lines
     hold each row as logged. On other ranks than 0 nothing is written.
 
-    Resuming: ``MetricsLogger(run_dir, resume_step=S)`` drops every row past step ``S``
-    (and events past it; epoch rows are kept only up to the last epoch finished by ``S``),
-    so the rows written after resuming continue the file without duplicates.
+    Resuming: ``MetricsLogger(run_dir, resume_step=S, resume_epoch=E)`` drops every row past
+    step ``S`` (and events past it) and every epoch row past epoch ``E`` (the last epoch the
+    checkpoint evaluated), so the rows written after resuming continue the files without
+    duplicates.
 
     Example:
         >>> import tempfile
@@ -393,6 +393,7 @@ class MetricsLogger:
         *,
         rank: int | None = None,
         resume_step: int | None = None,
+        resume_epoch: int | None = None,
     ) -> None:
         self.dir = Path(run_dir)
         self.writer = is_main_process(rank)
@@ -406,6 +407,10 @@ class MetricsLogger:
                 rows = []
             else:
                 rows = [r for r in rows if int(r.get("step", 0)) <= resume_step]
+            if kind == EPOCHS and resume_epoch is not None:
+                # an epoch evaluated after the checkpoint (a crash between its row and the
+                # checkpoint) is evaluated again on resume: drop its first row
+                rows = [r for r in rows if int(r.get("epoch", 0)) <= resume_epoch]
             self._rewrite(kind, rows)
         events = read_jsonl(self.dir / EVENTS_FILE) if resume_step is not None else []
         events = [e for e in events if int(e.get("step", 0)) <= (resume_step or 0)]
@@ -507,101 +512,6 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def plot_run(
-    run_dir: str | Path,
-    *,
-    epochs: Sequence[Mapping[str, Any]] | None = None,
-    steps: Sequence[Mapping[str, Any]] | None = None,
-    events: Sequence[Mapping[str, Any]] | None = None,
-    rank: int | None = None,
-) -> list[Path]:
-    """Draw ``loss_accuracy.png`` and ``trainable_params.png`` into ``run_dir``.
-
-    Loss and accuracy (``train_loss``/``val_loss``, ``train_acc``/``val_acc``/``val_top5``,
-    whichever are present) over epochs, each event (unlock) a dashed vertical line at its
-    epoch; trainable parameters over steps. Rows default to the run's logged metrics.
-
-    Returns:
-        The files written (none on ranks other than 0, or without any rows).
-
-    Example:
-        >>> import tempfile
-        >>> plot_run(tempfile.mkdtemp(), epochs=[{"epoch": 1, "val_acc": 0.5}])[0].name
-        'loss_accuracy.png'
-    """
-    if not is_main_process(rank):
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    run_dir = Path(run_dir)
-    epochs = list(epochs if epochs is not None else read_jsonl(run_dir / f"{EPOCHS}.jsonl"))
-    steps = list(steps if steps is not None else read_jsonl(run_dir / f"{STEPS}.jsonl"))
-    events = list(events if events is not None else read_jsonl(run_dir / EVENTS_FILE))
-    written = []
-
-    def mark_events(ax: Any, key: str) -> None:
-        for i, event in enumerate(events):
-            x = _float(event.get(key))
-            if math.isfinite(x):
-                ax.axvline(x, color="grey", linestyle="--", linewidth=0.8, alpha=0.7)
-                ax.annotate(
-                    str(event.get("label", "")),
-                    (x, 1.0 - 0.06 * (i % 6)),
-                    xycoords=("data", "axes fraction"),
-                    fontsize=7,
-                    rotation=0,
-                    ha="left",
-                    va="top",
-                    color="dimgrey",
-                )
-
-    def save(fig: Any, name: str) -> None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        written.append(atomic_write(run_dir / name, buffer.getvalue()))
-
-    if epochs:
-        fig = Figure(figsize=(10, 4), layout="constrained")
-        ax_loss, ax_acc = fig.subplots(1, 2)
-        xs = [_float(r.get("epoch")) for r in epochs]
-        for ax, keys, title in (
-            (ax_loss, ("train_loss", "val_loss"), "loss"),
-            (ax_acc, ("train_acc", "val_acc", "val_top5"), "accuracy"),
-        ):
-            for key in keys:
-                ys = [_float(r.get(key)) for r in epochs]
-                if any(math.isfinite(y) for y in ys):
-                    ax.plot(xs, ys, marker="o", markersize=3, label=key)
-            mark_events(ax, "epoch")
-            ax.set_xlabel("epoch")
-            ax.set_title(title)
-            if ax.lines:
-                ax.legend(fontsize=8, loc="center right")
-        save(fig, "loss_accuracy.png")
-    if steps:
-        fig = Figure(figsize=(6, 4), layout="constrained")
-        ax = fig.subplots()
-        xs = [_float(r.get("step")) for r in steps]
-        ys = [_float(r.get("trainable_params")) for r in steps]
-        ax.step(xs, ys, where="post", label="trainable parameters")
-        mark_events(ax, "step")
-        ax.set_xlabel("step")
-        ax.set_ylabel("trainable parameters")
-        ax.set_title("trainable parameters over time")
-        save(fig, "trainable_params.png")
-    return written
-
-
 class RunDir:
     """A run directory; every write is atomic and happens only on rank 0.
 
@@ -680,10 +590,16 @@ class RunDir:
         """Whether a checkpoint file exists."""
         return (self.path / name).is_file()
 
-    def metrics(self, resume_step: int | None = None) -> MetricsLogger:
-        """A :class:`MetricsLogger` on this directory (truncated past ``resume_step``)."""
-        return MetricsLogger(self.path, rank=self.rank, resume_step=resume_step)
+    def metrics(
+        self, resume_step: int | None = None, resume_epoch: int | None = None
+    ) -> MetricsLogger:
+        """A :class:`MetricsLogger` on this directory (truncated past the resume point)."""
+        return MetricsLogger(
+            self.path, rank=self.rank, resume_step=resume_step, resume_epoch=resume_epoch
+        )
 
     def plot(self) -> list[Path]:
-        """Draw the charts from the logged metrics (see :func:`plot_run`)."""
+        """Draw the charts from the logged metrics (see :func:`layerlock.charts.plot_run`)."""
+        from .charts import plot_run
+
         return plot_run(self.path, rank=self.rank)

@@ -14,6 +14,7 @@ naming the file. A file that breaks later (changed on disk) always raises, namin
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,11 +254,17 @@ def _scan(
 
 
 def _class_key(name: str) -> tuple[int, float, str]:
-    """Sort numeric class names numerically ("2" before "10"), the rest alphabetically."""
+    """Sort numeric class names numerically ("2" before "10"), the rest alphabetically.
+
+    A total order for any strings: only finite numbers sort as numbers (``nan`` compares
+    false with everything and would make the order depend on the input's order), equal
+    values fall back to the text, and everything else sorts by its text.
+    """
     try:
-        return (0, float(name), name)
+        value = float(name)
     except ValueError:
         return (1, 0.0, name)
+    return (0, value, name) if math.isfinite(value) else (1, 0.0, name)
 
 
 def check_classes(train_classes: Sequence[str], other: Sequence[str], where: str) -> None:

@@ -45,7 +45,7 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def resolve_workers(workers: int | str, device: torch.device) -> int:
+def resolve_workers(workers: int | str, device: torch.device, *, in_memory: bool = False) -> int:
     """The number of DataLoader worker processes to use.
 
     An integer is used as given (``0`` decodes in the training process). ``"auto"`` keeps one
@@ -53,10 +53,12 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
     to :data:`MAX_AUTO_WORKERS`: all of them when the model runs on an accelerator, half of
     them on CPU, where the model's own computation needs the same cores. A single core, or
     two on CPU, gives ``0``: a worker there would only time-share with the training process.
+    So does a data set already decoded in memory (``in_memory``).
 
     Args:
         workers: A non-negative integer or ``"auto"``.
         device: Where the model runs.
+        in_memory: The images are decoded arrays in memory (the demo source).
 
     Returns:
         The worker count, ``>= 0``.
@@ -77,6 +79,8 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
         raise ConfigError(
             f"workers must be a non-negative integer or {AUTO_WORKERS!r}, got {workers!r}"
         )
+    if in_memory:
+        return 0
     spare = available_cores() - 1
     if device.type == "cpu":
         spare //= 2

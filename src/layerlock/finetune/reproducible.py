@@ -48,8 +48,8 @@ class EpochOrder(Sampler[int]):
     Example:
         >>> order = EpochOrder(5, seed=1, rank=0, world=1, batch_size=2)
         >>> order.epoch = 1
-        >>> len(list(order))
-        5
+        >>> len(list(order))  # the fifth sample would make a batch of one
+        4
     """
 
     def __init__(self, n: int, seed: int, rank: int, world: int, batch_size: int) -> None:

@@ -33,7 +33,10 @@ from ..distributed import all_sum
 from ..models import classifier_logits
 from .state import EpochTracker, RunResult
 
-__all__ = ["BatchStats", "ClassificationTask", "Task"]
+__all__ = ["BatchStats", "Batches", "ClassificationTask", "Task"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+"""Evaluation input: ``(inputs, targets)`` pairs (a DataLoader, or cached features)."""
 
 
 @dataclass
@@ -75,11 +78,7 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(
-        self,
-        model: nn.Module,
-        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-        device: torch.device,
-        dtype: torch.dtype | None,
+        self, model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None
     ) -> dict[str, Any]:
         """Evaluation metrics over ``batches`` (all ranks' shares combined).
 
@@ -125,11 +124,7 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(
-        self,
-        model: nn.Module,
-        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-        device: torch.device,
-        dtype: torch.dtype | None,
+        self, model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None
     ) -> dict[str, Any]:
         n = len(self.classes)
         was = model.training
