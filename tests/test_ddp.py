@@ -89,7 +89,7 @@ def test_ddp_replicas_identical_when_wrapper_is_rebuilt(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_replicas_drift_without_rebuild(tmp_path: Path) -> None:
-    """The failure mode the invariant above guards against (Lightning #20340)."""
+    """The failure mode the invariant above guards against (seen in Lightning's BackboneFinetuning)."""
     results = _spawn("fixed", tmp_path)
     assert not any(r["same"] for r in results)
 

@@ -6,7 +6,7 @@ fixed augmented views), stores it in fp16 / bf16 in memory or in a memory-mapped
 under a byte budget, and serves ``(features, label)`` batches for training the suffix
 (:meth:`layerlock.split.Split.suffix`). Training from the cache then costs about
 ``3 * (G - b)`` group-forwards per sample instead of ``G + 2 * (G - b)``
-(``NOTES.md`` section 6).
+(the cost model of :mod:`layerlock.cache_policy`).
 
 A cache is valid for one :class:`CacheKey`: the boundary, a fingerprint of the frozen
 prefix's parameters and buffers (BatchNorm statistics), the preprocessing (the dataset's

@@ -77,7 +77,7 @@ class CacheDecision:
 def ideal_costs(
     num_groups: int, boundary: int, costs: Sequence[float] | None = None
 ) -> dict[str, float]:
-    """Cost-model step costs (``NOTES.md`` section 6), in units of one group's forward.
+    """Cost-model step costs (``3·G·f`` full, ``G·f + 2·(G-m)·f`` with ``m`` groups locked, ``3·(G-m)·f`` cached), in units of one group's forward.
 
     Returns ``full`` (everything trains), ``locked`` (groups below ``boundary`` frozen,
     prefix still runs forward), ``cached`` (prefix from the cache) and ``prefix``

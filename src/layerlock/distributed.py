@@ -26,8 +26,8 @@ FSDP2 (``torch.distributed.fsdp.fully_shard``)
     not tested here: there is no multi-GPU machine in the test suite.
 
 torch.compile
-    Dynamo guards on ``requires_grad`` and recompiles when it changes; PyTorch issue
-    #139476 reports a stale compiled graph reused after such a change. What to do:
+    Dynamo guards on ``requires_grad`` and recompiles when it changes; a stale compiled graph
+    reused after such a change has been reported against PyTorch. What to do:
     compile the model *inside* the DDP wrapper and call ``torch._dynamo.reset()`` (or
     compile again) after each unlock event - register a listener with
     ``unfreezer.add_listener(lambda event: torch._dynamo.reset())``. The test suite

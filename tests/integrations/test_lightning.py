@@ -285,7 +285,7 @@ def test_ddp_replicas_identical_after_mid_run_unlock(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.peer_defect
 def test_lightning_backbone_finetuning_replicas_drift_under_ddp(tmp_path: Path) -> None:
-    """Lightning #20340: DDP was built while the backbone was frozen; after the unfreeze
+    """Lightning's BackboneFinetuning: DDP was built while the backbone was frozen; after the unfreeze
     its gradients are never averaged, so each rank trains it on its own data."""
     start, r0, r1 = run_ddp(tmp_path, BackboneFinetuning(unfreeze_backbone_at_epoch=1))
     assert changed(start, r0, "backbone.stem")
