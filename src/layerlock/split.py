@@ -323,6 +323,20 @@ def _timm_head(model: nn.Module, done: set[str]) -> list[Step]:
     return [Step("forward_head", tuple(attrs), lambda x, ctx: model.forward_head(x))]  # type: ignore[operator]
 
 
+def _pooled_dropout_head(model: Any, classifier: str) -> list[Step]:
+    """timm's ResNet / EfficientNet head: ``global_pool``, dropout at ``drop_rate``, classifier."""
+    rate = float(model.drop_rate or 0.0)
+
+    def classify(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        head = getattr(model, classifier)
+        return head(nn.functional.dropout(x, rate, model.training) if rate else x)
+
+    return [
+        Step("global_pool", ("global_pool",), _call(model.global_pool)),
+        Step(classifier, (classifier,), classify),
+    ]
+
+
 def _timm_recipe(model: nn.Module) -> _Recipe | None:
     m: Any = model
     if _is(model, "timm.models.vision_transformer", "VisionTransformer"):
@@ -404,15 +418,7 @@ def _timm_recipe(model: nn.Module) -> _Recipe | None:
         steps = [Step(n, (n,), _call(getattr(m, n))) for n in ("conv1", "bn1", "act1", "maxpool")]
         for i in range(1, 5):
             steps += _seq_steps(f"layer{i}", getattr(m, f"layer{i}"))
-        rate = float(m.drop_rate or 0.0)
-        steps += [
-            Step("global_pool", ("global_pool",), _call(m.global_pool)),
-            Step(
-                "fc",
-                ("fc",),
-                lambda x, ctx: m.fc(nn.functional.dropout(x, rate, m.training) if rate else x),
-            ),
-        ]
+        steps += _pooled_dropout_head(m, "fc")
         return _Recipe("timm.ResNet", tuple(steps))
     if _is(model, "timm.models.convnext", "ConvNeXt"):
         steps = [Step("stem", ("stem",), _call(m.stem))]
@@ -429,17 +435,7 @@ def _timm_recipe(model: nn.Module) -> _Recipe | None:
         for i, stage in enumerate(m.blocks):
             steps += _seq_steps(f"blocks.{i}", stage)
         steps += [Step(n, (n,), _call(getattr(m, n))) for n in ("conv_head", "bn2")]
-        rate = float(m.drop_rate or 0.0)
-        steps += [
-            Step("global_pool", ("global_pool",), _call(m.global_pool)),
-            Step(
-                "classifier",
-                ("classifier",),
-                lambda x, ctx: m.classifier(
-                    nn.functional.dropout(x, rate, m.training) if rate else x
-                ),
-            ),
-        ]
+        steps += _pooled_dropout_head(m, "classifier")
         return _Recipe("timm.EfficientNet", tuple(steps))
     if _is(model, "timm.models.regnet", "RegNet"):
         steps = [Step("stem", ("stem",), _call(m.stem))]

@@ -115,17 +115,29 @@ def _blocks(module: nn.Module | None) -> list[nn.Module]:
 # -- per-tower enumerations (main's layer_groups, for towers that lack the method) ---------
 
 
-def _vit_groups(v: nn.Module) -> list[RawGroup]:
-    embed = [
-        getattr(v, a, None) for a in ("conv1", "class_embedding", "positional_embedding", "ln_pre")
-    ]
-    blocks = _blocks(getattr(v, "transformer", None))
-    groups: list[RawGroup] = [("embeddings", embed)]
+def _transformer_groups(
+    tower: nn.Module, embeddings: tuple[str, ...], final_norm: str, proj: str
+) -> list[RawGroup]:
+    """``embeddings``, ``layer.{i}`` (the last with ``final_norm``) and ``proj`` of a tower.
+
+    Args:
+        tower: A tower whose blocks are ``tower.transformer.resblocks``.
+        embeddings: Attribute names of the members before the first block.
+        final_norm: Attribute name of the norm after the last block.
+        proj: Attribute name of the output projection.
+    """
+    blocks = _blocks(getattr(tower, "transformer", None))
+    groups: list[RawGroup] = [("embeddings", [getattr(tower, a, None) for a in embeddings])]
     for i, block in enumerate(blocks):
-        last = i == len(blocks) - 1
-        groups.append((f"layer.{i}", [block, getattr(v, "ln_post", None)] if last else [block]))
-    groups.append(("proj", [getattr(v, "proj", None)]))
+        members = [block, getattr(tower, final_norm, None)] if i == len(blocks) - 1 else [block]
+        groups.append((f"layer.{i}", members))
+    groups.append(("proj", [getattr(tower, proj, None)]))
     return groups
+
+
+def _vit_groups(v: nn.Module) -> list[RawGroup]:
+    embeddings = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
+    return _transformer_groups(v, embeddings, "ln_post", "proj")
 
 
 def _vit_head_extras(v: nn.Module) -> list[Any]:
@@ -135,14 +147,8 @@ def _vit_head_extras(v: nn.Module) -> list[Any]:
 
 def _text_groups(t: nn.Module) -> list[RawGroup]:
     """Native text tower; ``t`` is a TextTransformer or a CLIP root that unpacks one."""
-    embed = [getattr(t, a, None) for a in ("token_embedding", "positional_embedding", "cls_emb")]
-    blocks = _blocks(getattr(t, "transformer", None))
-    groups: list[RawGroup] = [("embeddings", embed)]
-    for i, block in enumerate(blocks):
-        last = i == len(blocks) - 1
-        groups.append((f"layer.{i}", [block, getattr(t, "ln_final", None)] if last else [block]))
-    groups.append(("proj", [getattr(t, "text_projection", None)]))
-    return groups
+    embeddings = ("token_embedding", "positional_embedding", "cls_emb")
+    return _transformer_groups(t, embeddings, "ln_final", "text_projection")
 
 
 def _decoder_groups(d: nn.Module) -> list[RawGroup]:
