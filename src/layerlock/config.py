@@ -425,13 +425,7 @@ class FinetuneConfig:
             'timm:test_vit'
         """
         flat, deprecations, problems = dotted_keys(values)
-        _warn(deprecations)
-        cfg, more = _build(flat)
-        cfg.deprecations = deprecations
-        problems.extend(more)
-        if problems:
-            raise ConfigError(_format(problems))
-        return cfg
+        return _checked(flat, deprecations, problems)
 
     @classmethod
     def from_yaml(
@@ -459,14 +453,7 @@ class FinetuneConfig:
         """
         values, problems = parse_overrides(overrides)
         flat, deprecations, more = dotted_keys(values)
-        _warn(deprecations)
-        problems.extend(more)
-        cfg, more = _build({**self.flat_dict(), **flat})
-        cfg.deprecations = deprecations
-        problems.extend(more)
-        if problems:
-            raise ConfigError(_format(problems))
-        return cfg
+        return _checked({**self.flat_dict(), **flat}, deprecations, problems + more)
 
     # -- validation -------------------------------------------------------------------
 
@@ -633,9 +620,23 @@ def _hash(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _warn(deprecations: list[str]) -> None:
+def _checked(
+    values: Mapping[str, Any], deprecations: list[str], problems: list[str]
+) -> FinetuneConfig:
+    """The config of dotted ``values``, once the deprecations are warned.
+
+    Raises:
+        ConfigError: ``problems`` (found while reading the values) and those of the
+            result, all at once.
+    """
     for message in deprecations:
+        # the caller of the public function that called this one
         warnings.warn(message, FutureWarning, stacklevel=3)
+    cfg, more = _build(values)
+    cfg.deprecations = deprecations
+    if problems or more:
+        raise ConfigError(_format([*problems, *more]))
+    return cfg
 
 
 def _all_keys() -> list[str]:
@@ -934,10 +935,4 @@ def load_config(
     deprecations.extend(d for d in old if d not in deprecations)
     problems.extend(more)
     values.update(flat)
-    _warn(deprecations)
-    cfg, more = _build(values)
-    cfg.deprecations = deprecations
-    problems.extend(more)
-    if problems:
-        raise ConfigError(_format(problems))
-    return cfg
+    return _checked(values, deprecations, problems)
