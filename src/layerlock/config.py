@@ -42,7 +42,7 @@ import yaml
 
 from .cache_policy import CACHE_MODES
 from .data.datasets import BAD_IMAGE_POLICIES
-from .data.sources import DATA_SOURCES
+from .data.sources import DATA_SOURCES, SourceOptions
 from .errors import ConfigError, suggest
 from .options import UnfreezeOptions
 
@@ -132,42 +132,24 @@ class ModelOptions:
 
 
 @dataclass
-class DataOptions:
+class DataOptions(SourceOptions):
     """Where the images come from and how they are read (section ``data``).
+
+    Where to find the data are the fields of :class:`~layerlock.data.sources.SourceOptions`
+    (``path``, ``train_csv``, ``val_csv``, ``csv_img_key``, ``csv_label_key``,
+    ``csv_separator``, ``hf_image_key``, ``hf_label_key``, ``train_split``, ``val_split``,
+    ``bad_images``, ``shots_per_class``); this section adds:
 
     Attributes:
         source: ``demo``, ``folder``, ``csv`` or ``hf`` (``data=SOURCE`` sets it).
-        path: ImageFolder root (with ``train/`` and ``val/``) or Hugging Face dataset name.
-        train_csv: CSV of the training split (``source=csv``).
-        val_csv: CSV of the evaluation split (``source=csv``).
-        csv_img_key: Image path column of the CSVs.
-        csv_label_key: Label column of the CSVs.
-        csv_separator: Column separator of the CSVs.
-        hf_image_key: Image column of the Hugging Face dataset.
-        hf_label_key: Label column of the Hugging Face dataset.
-        train_split: Hugging Face split used for training.
-        val_split: Hugging Face split used for evaluation.
-        bad_images: ``skip`` unreadable images (counted and reported) or stop with an ``error``.
-        shots_per_class: Labelled images per class of the demo task.
         augmentation: Keyword arguments of ``timm.data.create_transform`` for training images;
             ``None`` takes the model's own recommendation or timm's defaults.
         deterministic_train_transform: Use the evaluation transform on training images.
-        workers: DataLoader worker processes, or ``auto`` (see :meth:`num_workers`).
+        workers: DataLoader worker processes, or ``auto``
+            (:func:`~layerlock.data.loading.resolve_workers`).
     """
 
     source: str = "demo"
-    path: str | None = None
-    train_csv: str | None = None
-    val_csv: str | None = None
-    csv_img_key: str = "path"
-    csv_label_key: str = "label"
-    csv_separator: str = ","
-    hf_image_key: str = "image"
-    hf_label_key: str = "label"
-    train_split: str = "train"
-    val_split: str = "validation"
-    bad_images: str = "skip"
-    shots_per_class: int = 30
     augmentation: dict[str, Any] | None = None
     deterministic_train_transform: bool = False
     workers: int | Literal["auto"] = "auto"

@@ -14,15 +14,15 @@ from layerlock.data import (
     ImageDataset,
     check_classes,
     csv_dataset,
-    folder_splits,
-    hf_splits,
+    folder_train_val,
+    hf_train_val,
     image_folder,
 )
 from layerlock.errors import ConfigError, LayerlockError
 
 
-def test_folder_splits_labels_shapes_and_class_order(tree, tf):
-    splits = folder_splits(tree, train_transform=tf.train, eval_transform=tf.eval)
+def test_folder_train_val_labels_shapes_and_class_order(tree, tf):
+    splits = folder_train_val(tree, train_transform=tf.train, eval_transform=tf.eval)
     assert splits.classes == ["cat", "dog"]
     assert (len(splits.train), len(splits.val)) == (6, 4)
     assert splits.train.targets == [0, 0, 0, 1, 1, 1]
@@ -35,7 +35,7 @@ def test_val_uses_train_indices_when_it_lacks_a_class(tree, tf):
     for p in (tree / "val" / "cat").iterdir():
         p.unlink()
     (tree / "val" / "cat").rmdir()
-    splits = folder_splits(tree, train_transform=tf.train, eval_transform=tf.eval)
+    splits = folder_train_val(tree, train_transform=tf.train, eval_transform=tf.eval)
     assert splits.val.classes == ["cat", "dog"]
     assert splits.val.targets == [1, 1]  # "dog" keeps index 1 although val has one class
 
@@ -45,48 +45,48 @@ def test_val_label_missing_from_train_is_named(tree, tf, make_image):
     with pytest.raises(
         ConfigError, match=r"labels in .*val that train lacks: 'cow'; train has cat, dog"
     ):
-        folder_splits(tree, train_transform=tf.train, eval_transform=tf.eval)
+        folder_train_val(tree, train_transform=tf.train, eval_transform=tf.eval)
 
 
 def test_missing_and_empty_folders_are_named(tmp_path, tree, make_image):
     with pytest.raises(LayerlockError, match=r"data folder .*nowhere does not exist"):
-        folder_splits(tmp_path / "nowhere")
+        folder_train_val(tmp_path / "nowhere")
     (tmp_path / "only_train" / "train" / "a").mkdir(parents=True)
     make_image(tmp_path / "only_train" / "train" / "a" / "x.png", 0)
     with pytest.raises(LayerlockError, match=r"no val/ folder in .*only_train"):
-        folder_splits(tmp_path / "only_train")
+        folder_train_val(tmp_path / "only_train")
     (tree / "train" / "empty_class").mkdir()
     with pytest.raises(LayerlockError, match=r"class folder .*train/empty_class has no images"):
-        folder_splits(tree)
+        folder_train_val(tree)
     (tmp_path / "noclass").mkdir()
     with pytest.raises(LayerlockError, match=r"has no class folders"):
         image_folder(tmp_path / "noclass")
     with pytest.raises(LayerlockError, match=r"no train/ folder"):
-        folder_splits(tmp_path / "noclass")
+        folder_train_val(tmp_path / "noclass")
 
 
 def test_validation_folder_name_is_accepted(tree):
     (tree / "val").rename(tree / "validation")
-    assert len(folder_splits(tree).val) == 4
+    assert len(folder_train_val(tree).val) == 4
 
 
 @pytest.mark.parametrize("content", [b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
 def test_corrupt_images_skipped_and_counted_or_error_naming_file(tree, content):
     bad = tree / "train" / "cat" / "broken.png"
     bad.write_bytes(content)
-    splits = folder_splits(tree)
+    splits = folder_train_val(tree)
     assert len(splits.train) == 6
     assert [p for p, _ in splits.skipped["train"]] == [str(bad)]
     assert "skipped 1 unreadable file(s), e.g." in splits.summary()
     with pytest.raises(LayerlockError, match=r"cannot read image .*broken\.png"):
-        folder_splits(tree, bad_images="error")
+        folder_train_val(tree, bad_images="error")
 
 
 def test_truncated_jpeg_is_detected(tree):
     good = tree / "train" / "dog" / "1.jpg"
     data = good.read_bytes()
     (tree / "train" / "dog" / "cut.jpg").write_bytes(data[: len(data) // 2])
-    splits = folder_splits(tree)
+    splits = folder_train_val(tree)
     assert any(p.endswith("cut.jpg") for p, _ in splits.skipped["train"])
 
 
@@ -180,20 +180,20 @@ def test_hf_dataset_with_fake_datasets_module(monkeypatch, tf):
     }
     fake = types.SimpleNamespace(load_dataset=lambda name, split: data[split])
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    splits = hf_splits("toy", train_transform=tf.train, eval_transform=tf.eval)
+    splits = hf_train_val("toy", train_transform=tf.train, eval_transform=tf.eval)
     assert splits.classes == ["cat", "dog", "cow"]
     assert splits.val.targets == [2, 2]
     assert splits.train[1][0].shape == (3, 16, 16)
     with pytest.raises(ConfigError, match=r"has no column 'img' \(hf_image_key\)"):
-        hf_splits("toy", image_key="img")
+        hf_train_val("toy", image_key="img")
     with pytest.raises(
         LayerlockError, match=r"cannot load split 'test' of Hugging Face dataset 'toy'"
     ):
-        hf_splits("toy", val_split="test")
+        hf_train_val("toy", val_split="test")
     # string labels without ClassLabel names: sorted names, val remapped
     data["train"], data["validation"] = _FakeHF(["b", "a"]), _FakeHF(["z"])
     with pytest.raises(ConfigError, match=r"labels in toy\[validation\] that train lacks: 'z'"):
-        hf_splits("toy")
+        hf_train_val("toy")
 
 
 def test_image_dataset_is_a_plain_dataset():

@@ -25,8 +25,8 @@ from .datasets import ImageDataset as ImageDataset
 from .datasets import TrainVal as TrainVal
 from .datasets import check_classes as check_classes
 from .datasets import csv_dataset as csv_dataset
-from .datasets import folder_splits as folder_splits
-from .datasets import hf_splits as hf_splits
+from .datasets import folder_train_val as folder_train_val
+from .datasets import hf_train_val as hf_train_val
 from .datasets import image_folder as image_folder
 from .loading import loader_options as loader_options
 from .loading import resolve_workers as resolve_workers
@@ -60,8 +60,8 @@ __all__ = [
     "check_classes",
     "csv_dataset",
     "data_source",
-    "folder_splits",
-    "hf_splits",
+    "folder_train_val",
+    "hf_train_val",
     "image_folder",
     "load_splits",
     "load_train_val",

@@ -36,8 +36,8 @@ __all__ = [
     "TrainVal",
     "check_classes",
     "csv_dataset",
-    "folder_splits",
-    "hf_splits",
+    "folder_train_val",
+    "hf_train_val",
     "image_folder",
 ]
 
@@ -360,7 +360,7 @@ def _find_val_dir(root: Path) -> Path:
     )
 
 
-def folder_splits(
+def folder_train_val(
     root: str | Path,
     *,
     train_transform: Transform | None = None,
@@ -377,7 +377,7 @@ def folder_splits(
         ConfigError: Class folders in val that train lacks.
 
     Example:
-        >>> data = folder_splits("data")  # doctest: +SKIP
+        >>> data = folder_train_val("data")  # doctest: +SKIP
     """
     root = Path(root)
     if not root.is_dir():
@@ -473,7 +473,7 @@ def csv_dataset(
     return ImageDataset(good, classes, transform=transform, mode=mode, skipped=skipped)
 
 
-def hf_splits(
+def hf_train_val(
     name: str,
     *,
     train_split: str = "train",
@@ -495,7 +495,7 @@ def hf_splits(
         ConfigError: Unknown columns, or labels in val that train lacks.
 
     Example:
-        >>> data = hf_splits("beans", val_split="validation")  # doctest: +SKIP
+        >>> data = hf_train_val("beans", val_split="validation")  # doctest: +SKIP
     """
     try:
         import datasets

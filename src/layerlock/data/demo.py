@@ -153,12 +153,13 @@ def _default_transform() -> Transform:
     )
 
 
-def load_demo(options: SourceOptions, transforms: Transforms) -> TrainVal:
+def load_demo(options: SourceOptions, transforms: Transforms, seed: int = 0) -> TrainVal:
     """The ``demo`` data source: :func:`demo_task` with the model's transforms and image mode.
 
     Args:
-        options: Reads ``seed`` and ``shots_per_class``.
+        options: Reads ``shots_per_class``.
         transforms: The model's transforms; images are converted to ``transforms.mode``.
+        seed: Seed of the choice of labelled images.
 
     Returns:
         A :class:`~layerlock.data.datasets.TrainVal` of the demo digits.
@@ -171,7 +172,7 @@ def load_demo(options: SourceOptions, transforms: Transforms) -> TrainVal:
         (25, torch.Size([3, 16, 16]))
     """
     task = demo_task(
-        options.seed,
+        seed,
         options.shots_per_class,
         train_transform=transforms.train,
         eval_transform=transforms.eval,

@@ -16,11 +16,12 @@ each loader imports what it needs when it runs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, suggest
 
@@ -38,9 +39,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass
 class SourceOptions:
     """Where to find the data, for every source; each source reads the fields it needs.
+
+    The ``data`` section of a fine-tuning config (:class:`layerlock.config.DataOptions`)
+    extends it with the source's name and how images are read.
 
     Attributes:
         path: The ImageFolder root (``folder``) or the Hugging Face dataset name (``hf``).
@@ -53,8 +57,8 @@ class SourceOptions:
         hf_label_key: Label column (``hf``).
         train_split: Hugging Face split used for training (``hf``).
         val_split: Hugging Face split used for evaluation (``hf``).
-        bad_images: ``"skip"`` or ``"error"`` for unreadable files (``folder``, ``csv``).
-        seed: Seed of the demo task's choice of labelled images (``demo``).
+        bad_images: ``"skip"`` (leave unreadable files out, listed in ``TrainVal.skipped``)
+            or ``"error"`` (``folder``, ``csv``).
         shots_per_class: Labelled demo images per class (``demo``).
     """
 
@@ -69,11 +73,11 @@ class SourceOptions:
     train_split: str = "train"
     val_split: str = "validation"
     bad_images: str = "skip"
-    seed: int = 0
     shots_per_class: int = 30
 
 
-Loader = Callable[[SourceOptions, "Transforms"], "TrainVal"]
+#: ``(options, transforms, seed) -> datasets``; the seed is the run's (the demo draws with it).
+Loader = Callable[[SourceOptions, "Transforms", int], "TrainVal"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class DataSource:
     Attributes:
         name: The value of ``data=`` that selects it.
         description: One line for help texts.
-        load: Builds the datasets from the options and the model's transforms.
+        load: Builds the datasets from the options, the model's transforms and the seed.
         in_memory: Its images are decoded arrays in memory (``workers=auto`` then uses
             none: worker processes would only add start-up time).
     """
@@ -94,18 +98,18 @@ class DataSource:
     in_memory: bool = False
 
 
-def _load_demo(options: SourceOptions, transforms: Transforms) -> TrainVal:
+def _load_demo(options: SourceOptions, transforms: Transforms, seed: int) -> TrainVal:
     from .demo import load_demo
 
-    return load_demo(options, transforms)
+    return load_demo(options, transforms, seed)
 
 
-def _load_folder(options: SourceOptions, transforms: Transforms) -> TrainVal:
-    from .datasets import folder_splits
+def _load_folder(options: SourceOptions, transforms: Transforms, seed: int) -> TrainVal:
+    from .datasets import folder_train_val
 
     if options.path is None:
         raise ConfigError("data=folder needs data_path: a folder with train/ and val/")
-    return folder_splits(
+    return folder_train_val(
         options.path,
         train_transform=transforms.train,
         eval_transform=transforms.eval,
@@ -114,7 +118,7 @@ def _load_folder(options: SourceOptions, transforms: Transforms) -> TrainVal:
     )
 
 
-def _load_csv(options: SourceOptions, transforms: Transforms) -> TrainVal:
+def _load_csv(options: SourceOptions, transforms: Transforms, seed: int) -> TrainVal:
     from .datasets import TrainVal, csv_dataset
 
     if options.train_csv is None or options.val_csv is None:
@@ -138,12 +142,12 @@ def _load_csv(options: SourceOptions, transforms: Transforms) -> TrainVal:
     return TrainVal(train, val, train.classes)
 
 
-def _load_hf(options: SourceOptions, transforms: Transforms) -> TrainVal:
-    from .datasets import hf_splits
+def _load_hf(options: SourceOptions, transforms: Transforms, seed: int) -> TrainVal:
+    from .datasets import hf_train_val
 
     if options.path is None:
         raise ConfigError("data=hf needs data_path: the Hugging Face dataset name")
-    return hf_splits(
+    return hf_train_val(
         str(options.path),
         train_split=options.train_split,
         val_split=options.val_split,
@@ -211,22 +215,12 @@ def data_source(name: str) -> DataSource:
 
 
 def load_train_val(
-    source: str = "demo",
+    source: str,
     *,
     transforms: Transforms,
-    path: str | Path | None = None,
-    train_csv: str | Path | None = None,
-    val_csv: str | Path | None = None,
-    csv_img_key: str = "path",
-    csv_label_key: str = "label",
-    csv_separator: str = ",",
-    hf_image_key: str = "image",
-    hf_label_key: str = "label",
-    train_split: str = "train",
-    val_split: str = "validation",
-    bad_images: str = "skip",
+    options: SourceOptions | None = None,
     seed: int = 0,
-    shots_per_class: int = 30,
+    **fields: Any,
 ) -> TrainVal:
     """Build the training and evaluation datasets of ``source`` with the model's transforms.
 
@@ -234,27 +228,18 @@ def load_train_val(
         source: ``"demo"``, ``"folder"`` (``path`` holds ``train/`` and ``val/``), ``"csv"``
             (``train_csv`` and ``val_csv``) or ``"hf"`` (``path`` is the dataset name).
         transforms: From :func:`~layerlock.data.transforms.model_transforms`.
-        path: The ImageFolder root or the Hugging Face dataset name.
-        train_csv: CSV of the training images.
-        val_csv: CSV of the evaluation images.
-        csv_img_key: Image path column.
-        csv_label_key: Label column.
-        csv_separator: Column separator.
-        hf_image_key: Image column of the Hugging Face dataset.
-        hf_label_key: Label column of the Hugging Face dataset.
-        train_split: Hugging Face split used for training.
-        val_split: Hugging Face split used for evaluation.
-        bad_images: ``"skip"`` (leave unreadable files out, listed in ``TrainVal.skipped``)
-            or ``"error"``.
+        options: Where to find the data (a config's ``data`` section is one); the defaults
+            when None.
         seed: Seed of the demo task's choice of labelled images.
-        shots_per_class: Labelled demo images per class.
+        **fields: :class:`SourceOptions` fields replacing those of ``options`` (``path``,
+            ``train_csv``, ``hf_label_key`` ...).
 
     Returns:
         A :class:`~layerlock.data.datasets.TrainVal`.
 
     Raises:
-        ConfigError: Unknown source or missing paths; classes that disagree between the
-            training and evaluation data.
+        ConfigError: Unknown source or field name, or missing paths; classes that disagree
+            between the training and evaluation data.
         LayerlockError: Missing or empty folders, unreadable images (``bad_images="error"``).
 
     Example:
@@ -263,20 +248,16 @@ def load_train_val(
         >>> tf = model_transforms(timm.create_model("test_vit"))
         >>> load_train_val("demo", transforms=tf).classes
         ['5', '6', '7', '8', '9']
+        >>> load_train_val("folder", transforms=tf, data_path="x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        layerlock.errors.ConfigError: unknown data option 'data_path'; did you mean 'path'?...options: path, ...shots_per_class
     """
-    options = SourceOptions(
-        path=path,
-        train_csv=train_csv,
-        val_csv=val_csv,
-        csv_img_key=csv_img_key,
-        csv_label_key=csv_label_key,
-        csv_separator=csv_separator,
-        hf_image_key=hf_image_key,
-        hf_label_key=hf_label_key,
-        train_split=train_split,
-        val_split=val_split,
-        bad_images=bad_images,
-        seed=seed,
-        shots_per_class=shots_per_class,
-    )
-    return data_source(source).load(options, transforms)
+    names = [f.name for f in dataclasses.fields(SourceOptions)]
+    for name in fields:
+        if name not in names:
+            raise ConfigError(
+                f"unknown data option {name!r}{suggest(name, names)}; options: {', '.join(names)}"
+            )
+    options = dataclasses.replace(options if options is not None else SourceOptions(), **fields)
+    return data_source(source).load(options, transforms, seed)
