@@ -8,7 +8,7 @@ under a byte budget, and serves ``(features, label)`` batches for training the s
 ``3 * (G - b)`` group-forwards per sample instead of ``G + 2 * (G - b)``
 (the cost model of :mod:`layerlock.cache_policy`).
 
-A cache is valid for one :class:`CacheKey`: the boundary, a fingerprint of the frozen
+A cache is valid for one :class:`CacheKey`: the boundary, a digest of the frozen
 prefix's parameters and buffers (BatchNorm statistics), the preprocessing (the dataset's
 ``transform`` repr) and the dataset's identity. Moving the boundary (an unlock event),
 changing a frozen weight or the preprocessing makes :meth:`FeatureCache.stale_reason`
@@ -55,8 +55,8 @@ __all__ = [
     "CacheKey",
     "FeatureCache",
     "describe_bytes",
-    "fingerprint",
     "should_cache",
+    "weights_digest",
 ]
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -66,15 +66,15 @@ class CacheBudgetError(LayerlockError, MemoryError):
     """The features do not fit in the cache budget."""
 
 
-def fingerprint(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
+def weights_digest(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
     """A content hash of named tensors (names, shapes, dtypes and bytes).
 
     Example:
         >>> a = torch.nn.Linear(2, 2)
-        >>> f = fingerprint(list(a.named_parameters()))
+        >>> f = weights_digest(list(a.named_parameters()))
         >>> with torch.no_grad():
         ...     _ = a.weight.add_(1)
-        >>> f == fingerprint(list(a.named_parameters()))
+        >>> f == weights_digest(list(a.named_parameters()))
         False
     """
     h = hashlib.blake2b(digest_size=16)
@@ -93,7 +93,7 @@ class CacheKey:
     Attributes:
         boundary: Index of the lowest trainable group.
         family: The split recipe.
-        weights: :func:`fingerprint` of the frozen prefix's parameters and buffers.
+        weights: :func:`weights_digest` of the frozen prefix's parameters and buffers.
         transform: The preprocessing (the dataset's ``transform`` repr, or given).
         dataset: The dataset's identity (type, length, root, or given).
         views: Number of fixed augmented views per sample.
@@ -163,7 +163,7 @@ def make_key(
     return CacheKey(
         boundary=split.boundary,
         family=split.family,
-        weights=fingerprint(split.prefix_params() + split.prefix_buffers()),
+        weights=weights_digest(split.prefix_params() + split.prefix_buffers()),
         transform=transform_key if transform_key is not None else _transform_repr(dataset),
         dataset=dataset_key if dataset_key is not None else _dataset_identity(dataset),
         views=views,
@@ -349,7 +349,7 @@ class FeatureCache:
 
         Args:
             split: The current split (default: the one the cache was filled with; its
-                weights are fingerprinted again).
+                weights are digested again).
             dataset: The current dataset (default: the one filled from).
             transform_key: The current preprocessing, when given explicitly at fill time.
         """
