@@ -42,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -60,6 +60,8 @@ __all__ = [
     "unwrap_ddp",
     "wrap_ddp",
 ]
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -217,7 +219,7 @@ def replicas_agree(model: nn.Module, device: torch.device) -> bool | None:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def broadcast_object(value: Any, src: int = 0) -> Any:
+def broadcast_object(value: T, src: int = 0) -> T:
     """Rank ``src``'s ``value`` on every rank (pickled; small objects only).
 
     Example:
@@ -226,12 +228,13 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    box = [value]
+    box: list[Any] = [value]
     dist.broadcast_object_list(box, src=src)
-    return box[0]
+    result: T = box[0]
+    return result
 
 
-def gather_objects(value: Any) -> list[Any]:
+def gather_objects(value: T) -> list[T]:
     """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process).
 
     Example:

@@ -122,7 +122,7 @@ class LayerGroups(Sequence[LayerGroup]):
     def __getitem__(self, key: int | str) -> LayerGroup: ...
     @overload
     def __getitem__(self, key: slice) -> Sequence[LayerGroup]: ...
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: int | str | slice) -> LayerGroup | Sequence[LayerGroup]:
         if isinstance(key, str):
             if key not in self._by_name:
                 raise UnknownGroupError(self._unknown(key))

@@ -146,7 +146,7 @@ def _state(model: nn.Module) -> _State:
     return state
 
 
-def _bn_pre_hook(module: nn.Module, args: Any) -> None:
+def _bn_pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
     if getattr(module, _BN_FLAG, False):
         module.training = False
 

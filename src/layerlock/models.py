@@ -120,7 +120,9 @@ def build_model(
     return builder(spec, name, pretrained, num_classes, kwargs)
 
 
-def _timm(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict) -> nn.Module:
+def _timm(
+    spec: str, name: str, pretrained: bool | str, num_classes: int | None, kw: dict[str, Any]
+) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
@@ -136,7 +138,7 @@ def _timm(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: di
 
 
 def _open_clip(
-    spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict
+    spec: str, name: str, pretrained: bool | str, num_classes: int | None, kw: dict[str, Any]
 ) -> nn.Module:
     require("open_clip", "open_clip", "open_clip models")
     import open_clip
@@ -158,7 +160,9 @@ def _open_clip(
         raise
 
 
-def _hf(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict) -> nn.Module:
+def _hf(
+    spec: str, name: str, pretrained: bool | str, num_classes: int | None, kw: dict[str, Any]
+) -> nn.Module:
     require("transformers", "transformers", "hf: models")
     import transformers
     from transformers import AutoConfig
@@ -195,7 +199,7 @@ def _hf(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict
 
 
 def _torchvision(
-    spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict
+    spec: str, name: str, pretrained: bool | str, num_classes: int | None, kw: dict[str, Any]
 ) -> nn.Module:
     import torchvision
 
@@ -212,7 +216,9 @@ def _torchvision(
         raise
 
 
-def _module(spec: str, name: str, pretrained: Any, num_classes: int | None, kw: dict) -> nn.Module:
+def _module(
+    spec: str, name: str, pretrained: bool | str, num_classes: int | None, kw: dict[str, Any]
+) -> nn.Module:
     path, sep, factory = name.rpartition(":")
     if not sep or not path or not factory:
         raise ConfigError(

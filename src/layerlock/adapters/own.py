@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -52,14 +52,16 @@ def _running(model: nn.Module) -> Iterator[None]:
         _RUNNING.reset(token)
 
 
-def _method(model: nn.Module) -> Any:
+def _method(model: nn.Module) -> Callable[..., Any] | None:
     """The bound ``layer_groups`` method, looked up on the class (a property is not one)."""
     if not callable(getattr(type(model), "layer_groups", None)):
         return None
-    return model.layer_groups
+    return cast("Callable[..., Any]", model.layer_groups)
 
 
-def _takes_coarse(fn: Any) -> bool:
+def _takes_coarse(fn: Callable[..., Any] | None) -> bool:
+    if fn is None:
+        return False
     try:
         return "coarse" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
