@@ -13,12 +13,13 @@ layer groups are what :func:`layerlock.layer_groups` gives for it, so a job, ``l
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,17 @@ def _network_error(spec: str, exc: BaseException) -> LayerlockError:
     )
 
 
+@contextlib.contextmanager
+def _fetching(spec: str, pretrained: bool | str) -> Iterator[None]:
+    """Turn a library's failure to build ``spec`` into a network error when it downloads."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if pretrained:
+            raise _network_error(spec, exc) from exc
+        raise
+
+
 def build_model(
     spec: str,
     *,
@@ -129,12 +141,8 @@ def _timm(
         raise _unknown("timm", name, timm.list_models())
     if num_classes is not None:
         kw["num_classes"] = num_classes
-    try:
+    with _fetching(spec, pretrained):
         return timm.create_model(name, pretrained=bool(pretrained), **kw)
-    except (OSError, RuntimeError) as exc:
-        if pretrained:
-            raise _network_error(spec, exc) from exc
-        raise
 
 
 def _open_clip(
@@ -152,12 +160,8 @@ def _open_clip(
             f"open_clip models need a pretrained tag, e.g. --pretrained openai; tags for {name}: "
             + ", ".join(t for m, t in open_clip.list_pretrained() if m == name)
         )
-    try:
+    with _fetching(spec, tag or False):
         return open_clip.create_model(name, pretrained=tag, **kw)
-    except (OSError, RuntimeError) as exc:
-        if tag:
-            raise _network_error(spec, exc) from exc
-        raise
 
 
 def _hf(
@@ -208,12 +212,8 @@ def _torchvision(
         raise _unknown("torchvision", name, known)
     if num_classes is not None:
         kw["num_classes"] = num_classes
-    try:
+    with _fetching(spec, pretrained):
         return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kw)
-    except (OSError, RuntimeError) as exc:
-        if pretrained:
-            raise _network_error(spec, exc) from exc
-        raise
 
 
 def _module(
