@@ -236,7 +236,7 @@ def test_kept_evaluation_images_give_identical_metrics(tmp_path: Path) -> None:
 def test_changed_locked_weights_refill_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import layerlock.finetune.recipe as ft
+    import layerlock.finetune.task as ft
 
     built: list[nn.Module] = []
     original = ft.build_classifier

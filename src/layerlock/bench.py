@@ -709,7 +709,11 @@ def run_bench(
                 controls=control_ratios,
             )
         )
-        del r
+        # The methods hold the runner (bound methods): drop both before the next level's
+        # copies are made, or two levels' models and optimizer states coexist.
+        methods.clear()
+        del r, fn
+        gc.collect()
     if dev.type == "cuda":
         method = f"torch.cuda.max_memory_allocated above the pre-step allocation ({torch.cuda.get_device_name(dev)})"
     elif memory and isinstance(model, str):

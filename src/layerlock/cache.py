@@ -55,6 +55,7 @@ __all__ = [
     "CacheKey",
     "FeatureCache",
     "describe_bytes",
+    "prefix_output",
     "should_cache",
     "weights_digest",
 ]
@@ -461,6 +462,24 @@ def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def prefix_output(split: Split, x: torch.Tensor) -> torch.Tensor:
+    """The locked prefix's output for a batch ``x``, computed as the cache computes it.
+
+    Every module in eval mode (restored after), no autograd.
+
+    Example:
+        >>> import timm, torch
+        >>> from layerlock import layer_groups
+        >>> from layerlock.split import split_model
+        >>> model = timm.create_model("test_vit", num_classes=2)
+        >>> split = split_model(model, layer_groups(model), boundary=7)
+        >>> tuple(prefix_output(split, torch.randn(1, 3, 32, 32)).shape)
+        (1, 64)
+    """
+    with _eval_mode(split.model), torch.no_grad():
+        return split.prefix(x)
 
 
 class _eval_mode:

@@ -25,6 +25,7 @@ from .datasets import ImageDataset as ImageDataset
 from .datasets import TrainVal as TrainVal
 from .datasets import check_classes as check_classes
 from .datasets import csv_dataset as csv_dataset
+from .datasets import dataset_len as dataset_len
 from .datasets import folder_train_val as folder_train_val
 from .datasets import hf_train_val as hf_train_val
 from .datasets import image_folder as image_folder
@@ -60,6 +61,7 @@ __all__ = [
     "check_classes",
     "csv_dataset",
     "data_source",
+    "dataset_len",
     "folder_train_val",
     "hf_train_val",
     "image_folder",

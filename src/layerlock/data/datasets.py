@@ -36,6 +36,7 @@ __all__ = [
     "TrainVal",
     "check_classes",
     "csv_dataset",
+    "dataset_len",
     "folder_train_val",
     "hf_train_val",
     "image_folder",
@@ -251,6 +252,17 @@ def _scan(
             continue
         good.append((path, label))
     return good, skipped
+
+
+def dataset_len(dataset: Dataset) -> int:
+    """``len(dataset)`` (torch types ``Dataset`` without ``__len__``; map-style ones have it).
+
+    Example:
+        >>> import torch
+        >>> dataset_len(torch.utils.data.TensorDataset(torch.zeros(3)))
+        3
+    """
+    return len(dataset)  # type: ignore[arg-type]
 
 
 def _class_key(name: str) -> tuple[int, float, str]:

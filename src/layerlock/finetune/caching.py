@@ -33,9 +33,10 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from ..cache import FeatureCache, _eval_mode
+from ..cache import FeatureCache, prefix_output
 from ..cache_policy import StageCachePlan, describe_bytes, plan_stage
 from ..config import CacheOptions
+from ..data import dataset_len
 from ..devices import autocast
 from ..lock import frozen_bn_modules
 from ..split import Split, split_model, split_reason
@@ -255,8 +256,8 @@ class JobCaches:
             boundary,
             stage_epochs=stage_epochs,
             evals=evals,
-            train_bytes=len(self.train_set) * per,  # type: ignore[arg-type]
-            val_bytes=len(self.val_set) * per,  # type: ignore[arg-type]
+            train_bytes=dataset_len(self.train_set) * per,
+            val_bytes=dataset_len(self.val_set) * per,
             budget=budget,
             blocked=blocked,
             deterministic=self.deterministic,
@@ -367,7 +368,7 @@ class JobCaches:
             return None  # one evaluation pays nothing back
         x, _ = self.val_set[0]
         x = torch.as_tensor(x)
-        need = len(self.val_set) * x.numel() * x.element_size()  # type: ignore[arg-type]
+        need = dataset_len(self.val_set) * x.numel() * x.element_size()
         if need > budget:
             return (
                 f"preprocessed images not kept: {describe_bytes(need)} over the "
@@ -395,8 +396,8 @@ class JobCaches:
         x, _ = self.val_set[0]
         state = rng_state()
         try:
-            with _eval_mode(split.model), torch.no_grad(), autocast(self.device, self.dtype):
-                out = split.prefix(torch.as_tensor(x).unsqueeze(0).to(self.device))
+            with autocast(self.device, self.dtype):
+                out = prefix_output(split, torch.as_tensor(x).unsqueeze(0).to(self.device))
         finally:
             set_rng_state(state)
         return int(out[0].numel()) * torch.empty((), dtype=self.store).element_size()
@@ -404,7 +405,7 @@ class JobCaches:
     def _fill(self, split: Split, view: int | None, views: int) -> FeatureCache:
         if view is None:
             dataset: Any = self.val_set
-            key = f"val:{len(self.val_set)}"  # type: ignore[arg-type]
+            key = f"val:{dataset_len(self.val_set)}"
         else:
             dataset = SeededSamples(self.train_set, self.seed)
             dataset.epoch = view  # view v = the augmentation the uncached run draws in epoch v
@@ -473,7 +474,7 @@ class JobCaches:
 
     def _batches(self, data: Dataset) -> DataLoader:
         sampler = BatchSampler(
-            SequentialSampler(range(len(data))),  # type: ignore[arg-type]
+            SequentialSampler(range(dataset_len(data))),
             self.batch_size,
             drop_last=False,
         )

@@ -27,14 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..config import FinetuneConfig
-from ..data import TrainVal, Transforms, load_train_val, model_transforms, open_clip_preprocess
+from ..data import dataset_len
 from ..data.identity import dataset_digest
 from ..data.loading import loader_options, resolve_workers
 from ..data.sources import data_source
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, LayerlockError
 from ..groups import LayerGroups
-from ..models import OpenCLIPClassifier, build_classifier
 from ..optim import layer_group_of
 from ..run_lock import RunDirBusyError, RunLock
 from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, fresh_dir, load_run_config
@@ -45,7 +44,7 @@ from .control import Progress, StopFlag
 from .reproducible import EpochOrder, SeededSamples, rng_state, seed_everything, set_rng_state
 from .state import EpochTracker, RunResult
 from .summary import PER_CLASS_FILE
-from .task import ClassificationTask, Task
+from .task import make_task
 
 __all__ = ["FinetuneRecipe", "finetune"]
 
@@ -168,63 +167,21 @@ class FinetuneRecipe:
         self.checkpoint = checkpoint
 
     def _setup_data(self) -> None:
-        """The datasets (transforms are set once the model is known) and the classes."""
-        d = self.config.data
-        identity = Transforms(lambda img: img, lambda img: img, "RGB")
-        self.data: TrainVal = load_train_val(
-            d.source,
-            transforms=identity,
-            path=d.path,
-            train_csv=d.train_csv,
-            val_csv=d.val_csv,
-            csv_img_key=d.csv_img_key,
-            csv_label_key=d.csv_label_key,
-            csv_separator=d.csv_separator,
-            hf_image_key=d.hf_image_key,
-            hf_label_key=d.hf_label_key,
-            train_split=d.train_split,
-            val_split=d.val_split,
-            bad_images=d.bad_images,
-            seed=self.config.run.seed,
-            shots_per_class=d.shots_per_class,
-        )
-        self.classes = list(self.data.classes)
-        if len(self.classes) < 2:
-            raise LayerlockError(
-                f"the training data has {len(self.classes)} class; a classifier needs 2 or more"
-            )
+        """The task, and its datasets (transforms are set once the model is known)."""
+        self.task = make_task(self.config)
+        self.tracker = EpochTracker(self.task.best_metric)
+        self.data = self.task.load_data(self.config)
+        self.classes = list(self.task.classes)
 
     def _setup_model(self) -> None:
-        """The model, its layer groups, the task, and the model's own preprocessing."""
-        m, d = self.config.model, self.config.data
-        model, notes, groups = build_classifier(
-            m.name,
-            self.classes,
-            pretrained=m.pretrained,
-            checkpoint=m.checkpoint,
-            zero_shot_head=m.zero_shot_head,
-            prompt=m.prompt,
-        )
+        """The model, its layer groups, and the model's own preprocessing."""
+        model, notes, groups = self.task.build_model(self.config)
         self.model: nn.Module = model
         self.groups: LayerGroups | None = groups
         self.notes.extend(notes)
-        self.task: Task = ClassificationTask(self.classes, self.config.run.label_smoothing)
-        self.tracker = EpochTracker(self.task.best_metric)
-        if isinstance(model, OpenCLIPClassifier):
-            preprocess = open_clip_preprocess(model.visual, d.augmentation)
-            self.transforms = model_transforms(
-                preprocess=preprocess, deterministic_train=d.deterministic_train_transform
-            )
-        else:
-            self.transforms = model_transforms(
-                model,
-                augmentation=d.augmentation,
-                deterministic_train=d.deterministic_train_transform,
-            )
-        for ds, tf in (
-            (self.data.train, self.transforms.train),
-            (self.data.val, self.transforms.eval),
-        ):
+        self.transforms = self.task.transforms(model, self.config)
+        pairs = ((self.data.train, self.transforms.train), (self.data.val, self.transforms.eval))
+        for ds, tf in pairs:
             ds.transform = tf  # type: ignore[attr-defined]
             ds.mode = self.transforms.mode  # type: ignore[attr-defined]
         model.to(self.device)
@@ -238,8 +195,8 @@ class FinetuneRecipe:
         )
         options = loader_options(self.device, self.workers)
         self.order = EpochOrder(
-            len(self.data.train), run.seed, self.rank, self.world, run.batch_size
-        )  # type: ignore[arg-type]
+            dataset_len(self.data.train), run.seed, self.rank, self.world, run.batch_size
+        )
         self.steps_per_epoch = self.order.steps()
         self.train_samples = SeededSamples(self.data.train, run.seed)
         # The training set's epoch attribute changes between epochs: workers must not
@@ -251,7 +208,7 @@ class FinetuneRecipe:
             generator=torch.Generator().manual_seed(run.seed),
             **{**options, "persistent_workers": False},
         )
-        val_idx = list(range(self.rank, len(self.data.val), self.world))  # type: ignore[arg-type]
+        val_idx = list(range(self.rank, dataset_len(self.data.val), self.world))
         self.val_set: Dataset = torch.utils.data.Subset(self.data.val, val_idx)
         self.val_loader = DataLoader(
             self.val_set, batch_size=run.batch_size, shuffle=False, **options
@@ -323,8 +280,11 @@ class FinetuneRecipe:
         """What the run trains and evaluates on: classes, sample counts, data digests."""
         return {
             "classes": self.classes,
-            "train": {"samples": len(self.data.train), "digest": dataset_digest(self.data.train)},  # type: ignore[arg-type]
-            "val": {"samples": len(self.data.val), "digest": dataset_digest(self.data.val)},  # type: ignore[arg-type]
+            "train": {
+                "samples": dataset_len(self.data.train),
+                "digest": dataset_digest(self.data.train),
+            },
+            "val": {"samples": dataset_len(self.data.val), "digest": dataset_digest(self.data.val)},
         }
 
     def _check_same_data(self) -> None:
@@ -434,8 +394,7 @@ class FinetuneRecipe:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         net = suffix if suffix is not None else self.unfreezer.model  # after any DDP rebuild
         with autocast(self.device, self.dtype):
-            output = net(x)
-        stats = self.task.batch(output, y)
+            stats = self.task.forward(net, x, y)
         lrs = self._lrs()
         trained = dict(self.live)
         names = list(stats.counts)

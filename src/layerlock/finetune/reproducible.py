@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..data import dataset_len
+
 __all__ = [
     "EpochOrder",
     "SeededSamples",
@@ -124,7 +126,7 @@ class SeededSamples(Dataset):
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
         seed = ((self.seed * SEED_MIX + self.epoch) * 10_000_019 + index) % (2**63)

@@ -1,10 +1,11 @@
 """Tasks: what the recipe trains for (loss, step metrics, evaluation), behind one interface.
 
-The recipe (:class:`~layerlock.finetune.recipe.FinetuneRecipe`) owns the model, the
-Unfreezer, the data order, checkpoints and the run directory; a :class:`Task` owns what
-depends on the objective: the loss of a batch, the counts that become step and epoch
-metrics, and the evaluation. A second task (contrastive image-text) plugs in beside
-:class:`ClassificationTask` without a branch in the loop.
+The recipe (:class:`~layerlock.finetune.recipe.FinetuneRecipe`) owns the Unfreezer, the
+data order, checkpoints and the run directory; a :class:`Task` owns what depends on the
+objective: which data and which model it needs, the loss of a batch, the counts that
+become step and epoch metrics, and the evaluation. A task is chosen by name
+(``task=classify``) from :data:`TASKS`; a second task (contrastive image-text) plugs in
+beside :class:`ClassificationTask` without a branch in the loop.
 
 Example:
     >>> import torch
@@ -28,12 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import FinetuneConfig
+from ..data import TrainVal, Transforms, load_train_val, model_transforms, open_clip_preprocess
 from ..devices import autocast
 from ..distributed import all_sum
-from ..models import classifier_logits
+from ..errors import ConfigError, LayerlockError
+from ..groups import LayerGroups
+from ..models import OpenCLIPClassifier, build_classifier, classifier_logits
 from .state import EpochTracker, RunResult
 
-__all__ = ["BatchStats", "Batches", "ClassificationTask", "Task"]
+__all__ = ["TASKS", "BatchStats", "Batches", "ClassificationTask", "Task", "make_task"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 """Evaluation input: ``(inputs, targets)`` pairs (a DataLoader, or cached features)."""
@@ -63,6 +68,33 @@ class Task(ABC):
 
     name: str
     best_metric: str
+    classes: list[str]
+
+    @abstractmethod
+    def load_data(self, config: FinetuneConfig) -> TrainVal:
+        """The training and evaluation datasets (untransformed: see :meth:`transforms`)."""
+
+    @abstractmethod
+    def build_model(
+        self, config: FinetuneConfig
+    ) -> tuple[nn.Module, list[str], LayerGroups | None]:
+        """The model, notes for the summary, and its layer groups (``None``: the adapters')."""
+
+    def transforms(self, model: nn.Module, config: FinetuneConfig) -> Transforms:
+        """The model's own preprocessing (its data config, or OpenCLIP's preprocess)."""
+        d = config.data
+        if isinstance(model, OpenCLIPClassifier):
+            preprocess = open_clip_preprocess(model.visual, d.augmentation)
+            return model_transforms(
+                preprocess=preprocess, deterministic_train=d.deterministic_train_transform
+            )
+        return model_transforms(
+            model, augmentation=d.augmentation, deterministic_train=d.deterministic_train_transform
+        )
+
+    def forward(self, net: nn.Module, inputs: Any, targets: Any) -> BatchStats:
+        """Run ``net`` on a training batch and score it (the recipe calls it under autocast)."""
+        return self.batch(net(inputs), targets)
 
     @abstractmethod
     def batch(self, output: Any, target: torch.Tensor) -> BatchStats:
@@ -103,9 +135,39 @@ class ClassificationTask(Task):
     name = "classify"
     best_metric = "val_acc"
 
-    def __init__(self, classes: Sequence[str], label_smoothing: float = 0.0) -> None:
+    def __init__(self, classes: Sequence[str] = (), label_smoothing: float = 0.0) -> None:
         self.classes = list(classes)
         self.label_smoothing = label_smoothing
+
+    @classmethod
+    def from_config(cls, config: FinetuneConfig) -> ClassificationTask:
+        """The task of a ``task=classify`` run (classes come with :meth:`load_data`)."""
+        return cls(label_smoothing=config.run.label_smoothing)
+
+    def load_data(self, config: FinetuneConfig) -> TrainVal:
+        identity = Transforms(lambda img: img, lambda img: img, "RGB")
+        data = load_train_val(
+            config.data.source, transforms=identity, options=config.data, seed=config.run.seed
+        )
+        self.classes = list(data.classes)
+        if len(self.classes) < 2:
+            raise LayerlockError(
+                f"the training data has {len(self.classes)} class; a classifier needs 2 or more"
+            )
+        return data
+
+    def build_model(
+        self, config: FinetuneConfig
+    ) -> tuple[nn.Module, list[str], LayerGroups | None]:
+        m = config.model
+        return build_classifier(
+            m.name,
+            self.classes,
+            pretrained=m.pretrained,
+            checkpoint=m.checkpoint,
+            zero_shot_head=m.zero_shot_head,
+            prompt=m.prompt,
+        )
 
     def batch(self, output: Any, target: torch.Tensor) -> BatchStats:
         logits = classifier_logits(output).float()
@@ -171,3 +233,25 @@ class ClassificationTask(Task):
         result.best_top1, result.best_epoch = tracker.best, tracker.best_epoch
         per_class = tracker.details.get("_per_class", [])
         result.per_class = {c: float(a) for c, a in zip(self.classes, per_class)}
+
+
+TASKS: dict[str, type[ClassificationTask]] = {"classify": ClassificationTask}
+"""Task name (``task=``) -> its class; each has ``from_config(config)``."""
+
+
+def make_task(config: FinetuneConfig) -> Task:
+    """The task ``config.task`` names.
+
+    Raises:
+        ConfigError: An unknown task name, with the valid ones.
+
+    Example:
+        >>> from layerlock.config import FinetuneConfig
+        >>> make_task(FinetuneConfig()).name
+        'classify'
+    """
+    try:
+        kind = TASKS[config.task]
+    except KeyError:
+        raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}") from None
+    return kind.from_config(config)
