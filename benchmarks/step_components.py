@@ -65,6 +65,7 @@ def _level(base: torch.nn.Module, groups: LayerGroups, k: int, repeats: int) -> 
         steps_per_epoch=10**9,
         lr=1e-5,
         weight_decay=0.0,
+        freeze_bn_stats=False,
         groups=groups,
     )
     params = [p for p in base.parameters() if p.requires_grad]

@@ -401,6 +401,8 @@ class _Runner:
             steps_per_epoch=10**9,
             lr=_LR,
             weight_decay=_WEIGHT_DECAY,
+            # the hand loop keeps BatchNorm statistics training in locked groups too
+            freeze_bn_stats=False,
             groups=g,
         )
         # hand: the minimal loop.
