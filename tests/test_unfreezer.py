@@ -261,3 +261,24 @@ def test_options_object_schedule_text_and_keyword_overrides_agree() -> None:
         Unfreezer(ConvBNNet(), "full", epochs=1, steps_per_epoch=1, lr_sched="linear")
     with pytest.raises(ConfigError, match=r"2 problems in the unfreezing options:\n  lr: "):
         Unfreezer(ConvBNNet(), "full", epochs=1, steps_per_epoch=1, lr=-1, tower="vision")
+
+
+def test_fit_removes_its_listener_so_calls_do_not_pile_up() -> None:
+    from layerlock.integrations.loop import fit
+
+    torch.manual_seed(0)
+    data = [batch(t, (4, 3, 8, 8)) for t in range(3)]
+    u = Unfreezer(ConvBNNet(), "gradual", epochs=4, steps_per_epoch=3, lr=0.05)
+    first = fit(u, data, nn.functional.cross_entropy, epochs=2)
+    assert u._listeners == []
+    seen = list(first.events)
+    second = fit(u, data, nn.functional.cross_entropy, epochs=2, start_epoch=2)
+    assert u._listeners == []
+    # the first call's history got no events from the second call
+    assert first.events == seen and seen[-1] == "step 6 (epoch 2): +blocks.1"
+    assert second.events == ["step 9 (epoch 3): +blocks.0"]
+    events: list[Any] = []
+    u.add_listener(events.append)
+    u.remove_listener(events.append)
+    u.remove_listener(events.append)  # unknown: ignored
+    assert u._listeners == []

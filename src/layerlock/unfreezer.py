@@ -247,6 +247,11 @@ class Unfreezer:
         """Call ``fn(event)`` after each change of the trainable set has been applied."""
         self._listeners.append(fn)
 
+    def remove_listener(self, fn: Callable[[UnlockEvent], None]) -> None:
+        """Stop calling ``fn`` (added with :meth:`add_listener`); unknown ``fn`` is ignored."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def lr_of(self, param_group_name: str, step: int | None = None) -> float:
         """The LR the formula gives a param group at ``step`` (default: now), 0 when locked."""
         step = self.global_step if step is None else step

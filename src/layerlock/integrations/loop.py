@@ -99,7 +99,44 @@ def fit(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"epochs must be an int >= 0, got {epochs!r}")
     history = FitHistory()
-    unfreezer.add_listener(lambda e: history.events.append(_describe(unfreezer, e)))
+
+    def listener(event: UnlockEvent) -> None:
+        history.events.append(_describe(unfreezer, event))
+
+    # one listener per call, removed again: a second fit must not log into this history
+    unfreezer.add_listener(listener)
+    try:
+        _fit_epochs(
+            unfreezer,
+            loader,
+            loss_fn,
+            epochs,
+            history,
+            device,
+            start_epoch,
+            grad_clip,
+            eval_fn,
+            on_step,
+            max_steps,
+        )
+    finally:
+        unfreezer.remove_listener(listener)
+    return history
+
+
+def _fit_epochs(
+    unfreezer: Unfreezer,
+    loader: Iterable[Batch],
+    loss_fn: LossFn,
+    epochs: int,
+    history: FitHistory,
+    device: torch.device | str | None,
+    start_epoch: int,
+    grad_clip: float | None,
+    eval_fn: Callable[[torch.nn.Module], Any] | None,
+    on_step: Callable[[int, float], None] | None,
+    max_steps: int | None,
+) -> None:
     spe = unfreezer.plan.steps_per_epoch
     if start_epoch:
         unfreezer.sync(start_epoch * spe)
@@ -110,7 +147,7 @@ def fit(
         unfreezer.model.train()
         for batch in loader:
             if max_steps is not None and unfreezer.global_step >= max_steps:
-                return history
+                return
             x, y = _split(batch)
             if device is not None:
                 x, y = x.to(device), y.to(device)
@@ -142,7 +179,6 @@ def fit(
             )
         if eval_fn is not None:
             history.eval.append(eval_fn(unfreezer.base))
-    return history
 
 
 def _describe(unfreezer: Unfreezer, event: UnlockEvent) -> str:
