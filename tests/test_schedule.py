@@ -422,3 +422,46 @@ def test_syntax_and_fit_problems_are_reported_together() -> None:
         assert "times must increase strictly" in lines[0]
         assert "k=99 is out of range" in lines[1]
         assert "'blok.*' matches no group" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("spec", "where"),
+    [
+        ("0:0", "epoch 0"),
+        ("0:none", "epoch 0"),
+        ("0:all, 1:0", "epoch 1"),
+        ("0:1, 2:none, 3:all", "epoch 2"),
+        ("s0:1, s3:0", "step 3"),
+    ],
+)
+def test_a_stage_where_nothing_trains_is_refused_naming_its_time(
+    vit_groups: LayerGroups, spec: str, where: str
+) -> None:
+    from layerlock.schedule import resolve_schedule
+
+    with pytest.raises(ScheduleError, match=rf"nothing trains from {where} on") as info:
+        resolve_schedule(spec, vit_groups, epochs=4, steps_per_epoch=2)
+    assert "\n" not in str(info.value)  # one problem, one line
+    with pytest.raises(ScheduleError, match=rf"nothing trains from {where} on"):
+        parse_schedule(spec).resolve(vit_groups, epochs=4, steps_per_epoch=2)
+
+
+def test_nothing_training_only_after_the_end_is_allowed(
+    vit_groups: LayerGroups,
+) -> None:
+    from layerlock.schedule import resolve_schedule
+
+    plan = resolve_schedule("0:1, 9:0", vit_groups, epochs=2)
+    assert "never happen" in plan.notes[0]
+
+
+@pytest.mark.parametrize("time", ["inf", "nan", "1.5", "1e3", "-inf"])
+def test_non_integer_times_are_named_not_taken_for_group_names(
+    vit_groups: LayerGroups, time: str
+) -> None:
+    from layerlock.schedule import resolve_schedule
+
+    for spec in (f"0:1, {time}:all", f"{time}:all"):
+        with pytest.raises(ScheduleError, match=rf"time '{time}' .* is not a whole number") as info:
+            resolve_schedule(spec, vit_groups, epochs=4)
+        assert "unknown group" not in str(info.value) and "preset" not in str(info.value)

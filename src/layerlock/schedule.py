@@ -15,7 +15,15 @@ Text form (CLI, configs)::
 Entries are separated by ``,`` (or only by ``;`` when the text contains a ``;``). A piece
 without a leading ``TIME:`` continues the previous entry's selection, so
 ``"0:head, 3:blocks.1*,blocks.2"`` unlocks two groups at epoch 3. The first entry must be
-at time 0 and times must increase strictly.
+at time 0 and times must increase strictly; times are whole numbers (``inf``, ``1.5`` and
+the like are refused as times, not read as group names).
+
+Every stage must train something: a schedule under which no group trains from some time
+on (``"0:0"``, ``"0:all, 1:none"``) is refused when it is resolved, naming that time, since
+such a stage only burns compute (and a training step with nothing to train fails). Stages
+that begin after the last step never happen and are not checked. With ``tower=...`` the
+schedule steers one tower of a multi-tower model and the other tower is left as it is, so
+``k=0`` (that tower stays locked throughout) is allowed there.
 
 Presets (``name`` or ``name:k=v,k=v``; times may carry an ``s`` for steps):
 
@@ -208,6 +216,8 @@ class Schedule:
                     stages.append((st.at * (spe if self.unit == "epoch" else 1), sel))
             else:
                 stages = _preset_stages(self, groups, pool, tower, epochs, spe, problems)
+        if tower is None and not problems:
+            _check_something_trains(stages, epochs * steps_per_epoch, steps_per_epoch, problems)
         if problems:
             raise ScheduleError(_join(f"schedule {str(self)!r} does not fit this model", problems))
         return ResolvedSchedule.from_stages(self, groups, stages, epochs, steps_per_epoch)
@@ -324,8 +334,7 @@ def parse_schedule(text: str | Schedule | Mapping[int, int | str]) -> Schedule:
         >>> parse_schedule("0:2, 0:1")
         Traceback (most recent call last):
         ...
-        layerlock.errors.ScheduleError: schedule '0:2, 0:1' is not valid:
-          times must increase strictly: epoch 0 follows epoch 0
+        layerlock.errors.ScheduleError: schedule '0:2, 0:1' is not valid: times must increase strictly: epoch 0 follows epoch 0
     """
     if isinstance(text, Schedule):
         return text
@@ -393,12 +402,16 @@ def _parse(text: str | Mapping[int, int | str], problems: list[str]) -> tuple[Sc
             "the schedule is empty; give stages such as '0:1, 2:all' or a preset: "
             + ", ".join(PRESETS)
         )
-    if not text[0].isdigit() and not (text[0] == "s" and text[1:2].isdigit()) and text[0] != "-":
+    looks_timed = text[0].isdigit() or text[0] == "-" or (text[0] == "s" and text[1:2].isdigit())
+    if not looks_timed and _non_integer_time(text) is None:
         return _parse_preset(text, problems), raw
     return _parse_stages(text, problems), raw
 
 
 def _join(head: str, problems: list[str]) -> str:
+    """One problem: one line; more: one per line under ``head``."""
+    if len(problems) == 1:
+        return f"{head}: {problems[0]}"
     return head + ":\n" + "\n".join(f"  {p}" for p in problems)
 
 
@@ -462,6 +475,13 @@ def _parse_stages(text: str, problems: list[str]) -> Schedule:
             problems.append(f"empty entry (position {n + 1}); separate entries with one '{sep}'")
             continue
         m = _TIME.fullmatch(piece)
+        bad_time = _non_integer_time(piece) if m is None else None
+        if bad_time is not None:
+            problems.append(
+                f"time {bad_time!r} in entry {piece.strip()!r} is not a whole number "
+                "(an epoch, or s<N> for a step)"
+            )
+            continue
         if m is None:
             if sep == "," and entries:
                 entries[-1][2] += "," + piece.strip()
@@ -504,6 +524,21 @@ def _parse_stages(text: str, problems: list[str]) -> Schedule:
             "so that it is clear what trains before"
         )
     return Schedule(stages=tuple(stages), unit=unit)
+
+
+_MAYBE_TIME = re.compile(r"\s*s?([^\s:,;]+)\s*:")
+
+
+def _non_integer_time(piece: str) -> str | None:
+    """The time of ``'inf:all'`` or ``'1.5:3'``: a number, but not a whole one; else None."""
+    m = _MAYBE_TIME.match(piece)
+    if m is None:
+        return None
+    try:
+        float(m.group(1))
+    except ValueError:
+        return None
+    return m.group(1)
 
 
 # -- resolution ------------------------------------------------------------------------
@@ -566,6 +601,20 @@ def _resolve_value(
     except UnknownGroupError as exc:
         problems.append(str(exc))
         return frozenset()
+
+
+def _check_something_trains(
+    stages: Sequence[tuple[int, frozenset[int]]], total: int, spe: int, problems: list[str]
+) -> None:
+    """Report the first stage, before the end of training, under which no group trains."""
+    for step, sel in stages:
+        if step < total and not sel:
+            where = f"epoch {step // spe}" if step % spe == 0 else f"step {step}"
+            problems.append(
+                f"nothing trains from {where} on (no group is unlocked there); "
+                "unlock at least one group in every stage, e.g. the head with k=1"
+            )
+            return
 
 
 def _time(value: str, spe: int) -> int:
