@@ -27,10 +27,16 @@ def test_plan_json_matches_the_schedule(capsys: pytest.CaptureFixture[str]) -> N
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert data["groups"][-1] == "head" and len(data["groups"]) == 8
+    # epochs 0-1 train the same groups: one column
+    assert data["columns"] == [
+        {"first_epoch": 0, "last_epoch": 1},
+        {"first_epoch": 2, "last_epoch": 2},
+        {"first_epoch": 3, "last_epoch": 3},
+    ]
     assert [row[0] for row in data["trainable"]] == [False] * 7 + [True]
-    assert [row[2] for row in data["trainable"]] == [False] * 5 + [True] * 3
-    assert all(row[3] for row in data["trainable"])
-    assert data["lr_multiplier"][6][2] == 0.5 and data["lr_multiplier"][5][2] == 0.25
+    assert [row[1] for row in data["trainable"]] == [False] * 5 + [True] * 3
+    assert all(row[2] for row in data["trainable"])
+    assert data["lr_multiplier"][6][1] == 0.5 and data["lr_multiplier"][5][1] == 0.25
     assert data["lr_multiplier"][0][0] == 0.0
     assert [e["step"] for e in data["events"]] == [0, 2, 3]
 
@@ -89,3 +95,40 @@ def test_plan_help_ends_with_examples(capsys: pytest.CaptureFixture[str]) -> Non
     assert "examples:" in text and text.rstrip().splitlines()[-1].strip().startswith(
         "layerlock plan"
     )
+
+
+@pytest.mark.parametrize("epochs", ["10000", "1000000000"])
+def test_plan_of_many_epochs_is_quick_and_compact(
+    epochs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["plan", "timm:test_vit", "--schedule", "gradual", "--epochs", epochs])
+    out = capsys.readouterr().out
+    assert rc == 0
+    # one column per epoch that changes something, then one for the identical rest
+    assert f"7...{int(epochs) - 1}" in out and len(out) < 10_000
+    rc = main(["plan", "timm:test_vit", "--schedule", "lp-ft", "--epochs", epochs, "--json"])
+    data = json.loads(capsys.readouterr().out)
+    half = int(epochs) // 2
+    assert data["columns"] == [
+        {"first_epoch": 0, "last_epoch": half - 1},
+        {"first_epoch": half, "last_epoch": int(epochs) - 1},
+    ]
+
+
+def test_plan_png_of_many_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.png"
+    args = ["plan", "timm:test_vit", "-s", "s0:1, s7:all", "-e", "100000", "--steps-per-epoch", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert out.stat().st_size < 200_000
+
+
+@pytest.mark.parametrize("schedule", ["0:0", "0:all, 1:0", "0:1, 2:none"])
+def test_plan_refuses_a_stage_where_nothing_trains(
+    schedule: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "timm:test_vit", "--schedule", schedule, "--epochs", "4"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("layerlock plan: error: ")
+    assert "nothing trains from epoch" in lines[0]

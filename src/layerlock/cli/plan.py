@@ -15,7 +15,7 @@ from ..options import UnfreezeOptions
 from ..schedule import PRESETS, ResolvedSchedule, parse_schedule, resolve_schedule
 from . import add_model_arguments, examples
 
-__all__ = ["add_parser", "plan_data", "render_png", "run"]
+__all__ = ["add_parser", "epoch_runs", "plan_data", "render_png", "run"]
 
 # the flags' defaults are the unfreezing options' own
 _DEFAULTS = UnfreezeOptions()
@@ -35,7 +35,8 @@ def add_parser(sub: Any) -> None:
         description=(
             "Resolve an unfreezing schedule against a model and print a table of groups x "
             "epochs: '-' for locked, else the group's LR multiplier (layer-wise decay and "
-            "discriminative factor). Schedules: 'E:K, E:K' (epoch -> last K groups, 'all' "
+            "discriminative factor); a run of epochs that train the same groups is one "
+            "column ('4...9'). Schedules: 'E:K, E:K' (epoch -> last K groups, 'all' "
             "or a selection), 'sSTEP:K' by optimizer step, or a preset: "
             + ", ".join(PRESETS)
             + " (e.g. 'gradual:every=2', 'lp-ft:at=3', 'surgical:blocks.0,head')."
@@ -65,28 +66,63 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def plan_data(plan: ResolvedSchedule, multipliers: dict[str, float]) -> dict[str, Any]:
-    """Plain-data view of a resolved schedule (what ``--json`` prints).
+def epoch_runs(plan: ResolvedSchedule) -> list[tuple[int, int, frozenset[int]]]:
+    """Runs of consecutive epochs that train the same groups, from the plan's events.
+
+    Computed from the events, never epoch by epoch, so a plan of a billion epochs costs
+    what one of ten does.
+
+    Returns:
+        ``(first epoch, last epoch, trainable group indices)`` per run, in order; an epoch's
+        set is the one in force at its first step.
 
     Example:
         >>> import torch.nn as nn
         >>> from layerlock import layer_groups
         >>> g = layer_groups(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
-        >>> d = plan_data(parse_schedule("0:1, 1:all").resolve(g, epochs=2), {"0": 0.5, "1": 1.0})
-        >>> d["lr_multiplier"]
-        [[0.0, 0.5], [1.0, 1.0]]
+        >>> epoch_runs(parse_schedule("0:1, 1:all").resolve(g, epochs=1_000_000_000))
+        [(0, 0, frozenset({1})), (1, 999999999, frozenset({0, 1}))]
+    """
+    spe, total = plan.steps_per_epoch, plan.total_steps
+    # an event inside an epoch shows from the next epoch's first step on
+    starts = sorted({0, *(-(-e.step // spe) for e in plan.events if e.step < total)})
+    starts = [e for e in starts if e < plan.epochs]
+    runs: list[tuple[int, int, frozenset[int]]] = []
+    for first, nxt in zip(starts, [*starts[1:], plan.epochs]):
+        sel = plan.trainable_in_epoch(first)
+        if runs and runs[-1][2] == sel:
+            runs[-1] = (runs[-1][0], nxt - 1, sel)
+        else:
+            runs.append((first, nxt - 1, sel))
+    return runs
+
+
+def plan_data(plan: ResolvedSchedule, multipliers: dict[str, float]) -> dict[str, Any]:
+    """Plain-data view of a resolved schedule (what ``--json`` prints).
+
+    ``columns`` are runs of epochs that train the same groups (:func:`epoch_runs`);
+    ``trainable`` and ``lr_multiplier`` hold one row per group and one value per column.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from layerlock import layer_groups
+        >>> g = layer_groups(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+        >>> d = plan_data(parse_schedule("0:1, 1:all").resolve(g, epochs=5), {"0": 0.5, "1": 1.0})
+        >>> d["columns"], d["lr_multiplier"]
+        ([{'first_epoch': 0, 'last_epoch': 0}, {'first_epoch': 1, 'last_epoch': 4}], [[0.0, 0.5], [1.0, 1.0]])
     """
     names = list(plan.group_names)
-    per_epoch = [plan.trainable_in_epoch(e) for e in range(plan.epochs)]
+    runs = epoch_runs(plan)
     spe = plan.steps_per_epoch
     return {
         "schedule": str(plan.schedule),
         "epochs": plan.epochs,
         "steps_per_epoch": spe,
         "groups": names,
-        "trainable": [[i in s for s in per_epoch] for i in range(len(names))],
+        "columns": [{"first_epoch": a, "last_epoch": b} for a, b, _ in runs],
+        "trainable": [[i in s for _, _, s in runs] for i in range(len(names))],
         "lr_multiplier": [
-            [multipliers[n] if i in s else 0.0 for s in per_epoch] for i, n in enumerate(names)
+            [multipliers[n] if i in s else 0.0 for _, _, s in runs] for i, n in enumerate(names)
         ],
         "events": [
             {
@@ -101,14 +137,20 @@ def plan_data(plan: ResolvedSchedule, multipliers: dict[str, float]) -> dict[str
     }
 
 
+def _column_label(column: dict[str, int]) -> str:
+    """``"3"`` for one epoch, ``"4...9"`` for a run of identical epochs."""
+    a, b = column["first_epoch"], column["last_epoch"]
+    return str(a) if a == b else f"{a}...{b}"
+
+
 def _table(data: dict[str, Any], title: str) -> Any:
     from rich.table import Table
 
     table = Table(caption=title, caption_justify="left")
     table.add_column("#", justify="right")
     table.add_column("group")
-    for e in range(data["epochs"]):
-        table.add_column(str(e), justify="right")
+    for column in data["columns"]:
+        table.add_column(_column_label(column), justify="right")
     for i in reversed(range(len(data["groups"]))):
         cells = [
             f"{m:.3g}" if on else "-"
@@ -119,7 +161,10 @@ def _table(data: dict[str, Any], title: str) -> Any:
 
 
 def render_png(data: dict[str, Any], path: Path, title: str) -> None:
-    """Write a groups x epochs chart of the plan (LR multiplier as colour, locked blank)."""
+    """Write a groups x epochs chart of the plan (LR multiplier as colour, locked blank).
+
+    One column per run of epochs that train the same groups, labelled with its epochs.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,21 +172,23 @@ def render_png(data: dict[str, Any], path: Path, title: str) -> None:
     import numpy as np
 
     grid = np.ma.masked_equal(np.array(data["lr_multiplier"], dtype=float), 0.0)
-    n_groups, epochs = grid.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * epochs + 3), max(2.5, 0.28 * n_groups + 1.2)))
+    n_groups, n_columns = grid.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n_columns + 3), max(2.5, 0.28 * n_groups + 1.2)))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
     image = ax.imshow(
         grid, aspect="auto", origin="lower", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest"
     )
     ax.set_yticks(range(n_groups), data["groups"], fontsize=7)
-    ax.set_xticks(range(epochs))
+    ax.set_xticks(range(n_columns), [_column_label(c) for c in data["columns"]], fontsize=7)
     ax.set_xlabel("epoch")
     ax.set_ylabel("layer group (input side at the bottom)")
     ax.set_title(title, fontsize=9)
     spe = data["steps_per_epoch"]
+    firsts = [c["first_epoch"] for c in data["columns"]]
     for ev in data["events"][1:]:
-        if ev["step"] % spe:
-            ax.axvline(ev["epoch"] - 0.5, color="tab:red", lw=0.8, ls=":")
+        # a change inside an epoch: a dotted line before the column it shows in
+        if ev["step"] % spe and -(-ev["step"] // spe) in firsts:
+            ax.axvline(firsts.index(-(-ev["step"] // spe)) - 0.5, color="tab:red", lw=0.8, ls=":")
     fig.colorbar(image, ax=ax, label="LR multiplier (grey: locked)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        console = Console(width=max(100, 24 + 6 * args.epochs))
+        widths = sum(len(_column_label(c)) + 3 for c in data["columns"])
+        console = Console(width=max(100, 30 + widths))
         console.print(_table(data, title))
         for event, line in zip(plan.events, plan.describe()):
             if event.step < plan.total_steps:
