@@ -15,15 +15,17 @@ DistributedDataParallel
     step, so it does when every rank runs the same number of steps).
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``)
-    FSDP2 shards parameters into DTensors when ``fully_shard`` is called and groups them
-    into flat all-gather/reduce-scatter buckets per sharded module. Changing
-    ``requires_grad`` afterwards inside one ``fully_shard`` unit is not supported by
-    PyTorch in every version (mixed requires_grad within a unit). What to do: call
-    ``fully_shard`` per layer group (each block its own unit, which is what the groups
-    are), lock before sharding, and keep the optimizer holding every parameter (what
-    Unfreezer does); a group whose state changes then changes as a whole unit. Rebuilding
-    is not needed for FSDP2 (no reducer captures the trainable set), but this path is
-    not tested here: there is no multi-GPU machine in the test suite.
+    Supported, and tested on CPU with two gloo processes (:mod:`layerlock.fsdp`). Shard
+    each layer group as one unit (:func:`layerlock.fsdp.shard_by_groups`), then build the
+    Unfreezer on the sharded model: it sees the DTensor parameters (groups computed before
+    sharding are looked up again by name), builds no DDP wrapper, and locks by flipping
+    ``requires_grad`` on the sharded parameters. FSDP2 copies that flag to the unsharded
+    parameters at every all-gather and reduce-scatters only existing gradients, so a
+    locked group gets no gradient and a newly unlocked one gets the rank average. The
+    Unfreezer's :meth:`~layerlock.unfreezer.Unfreezer.state_dict` gathers the optimizer
+    state in full and weights are saved with
+    :func:`layerlock.fsdp.full_model_state_dict` (both collectives: every rank calls them).
+    FSDP1 (``FullyShardedDataParallel``) is refused with an explanation.
 
 torch.compile
     Dynamo guards on ``requires_grad`` and recompiles when it changes; a stale compiled graph
@@ -213,7 +215,11 @@ def replicas_agree(model: nn.Module, device: torch.device) -> bool | None:
     """
     if not is_distributed():
         return None
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+    from torch.distributed.tensor import DTensor
+
+    # a sharded (FSDP2) parameter is compared as its full tensor (a collective)
+    full = [p.full_tensor() if isinstance(p, DTensor) else p for p in model.parameters()]
+    sums = torch.stack([p.detach().double().sum() for p in full]).to(device)
     gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, sums)
     return all(torch.equal(g, gathered[0]) for g in gathered)

@@ -56,6 +56,13 @@ from torch import nn
 
 from .distributed import is_distributed, wrap_ddp
 from .errors import ConfigError
+from .fsdp import (
+    full_optimizer_state,
+    is_sharded,
+    rebind_groups,
+    refuse_fsdp1,
+    shard_optimizer_state,
+)
 from .groups import LayerGroups, layer_groups, unwrap
 from .lock import lock
 from .optim import (
@@ -123,6 +130,7 @@ class Unfreezer:
         ddp_kwargs: dict[str, Any] | None = None,
         **option_overrides: Any,
     ) -> None:
+        refuse_fsdp1(model)
         self.base = unwrap(model)
         if self.base is not model and isinstance(model, nn.parallel.DistributedDataParallel):
             raise ConfigError(
@@ -132,6 +140,10 @@ class Unfreezer:
         opts = resolve_options(options, **option_overrides)
         self.options = opts
         self.groups = groups if groups is not None else layer_groups(self.base, opts.coarse)
+        #: Whether the model is sharded with FSDP2 (no DDP wrapper; full-state checkpoints).
+        self.sharded = is_sharded(self.base)
+        if self.sharded:  # fully_shard replaced the parameters: look them up by name
+            self.groups = rebind_groups(self.groups, self.base)
         self.plan: ResolvedSchedule = resolve_schedule(
             opts.schedule, self.groups, epochs, steps_per_epoch, tower=opts.tower
         )
@@ -167,7 +179,9 @@ class Unfreezer:
                 "unlock but leave learning rates to you",
                 stacklevel=2,
             )
-        self._ddp = is_distributed() if ddp is None else ddp
+        if ddp and self.sharded:
+            raise ConfigError("ddp=True with an FSDP2 (fully_shard) model: use one or the other")
+        self._ddp = (is_distributed() and not self.sharded) if ddp is None else ddp
         self._ddp_kwargs = dict(ddp_kwargs or {})
         self._wrapper: nn.Module = self.base
         self._listeners: list[Callable[[UnlockEvent], None]] = []
@@ -348,6 +362,8 @@ class Unfreezer:
         Keys: ``version``, ``global_step``, ``schedule`` (text), ``groups`` (names),
         ``trainable`` and ``unlocked_at`` (for checking), ``optimizer`` (its state
         dict) and ``optimizer_groups`` (param-group names in the optimizer's order).
+        Under FSDP2 the optimizer state is gathered in full (a collective: call it on
+        every rank), so the checkpoint's layout does not depend on the sharding.
         """
         return {
             "version": _STATE_VERSION,
@@ -356,7 +372,9 @@ class Unfreezer:
             "groups": list(self.groups.names),
             "trainable": self.trainable_groups(),
             "unlocked_at": {self.groups[i].name: s for i, s in sorted(self._since.items())},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": full_optimizer_state(self.optimizer)
+            if self.sharded
+            else self.optimizer.state_dict(),
             "optimizer_groups": [pg.get("name") for pg in self.optimizer.param_groups],
         }
 
@@ -384,6 +402,8 @@ class Unfreezer:
                 stacklevel=2,
             )
         self._load_optimizer(state["optimizer"], state.get("optimizer_groups"))
+        if self.sharded:
+            shard_optimizer_state(self.optimizer)
         self._event_index = None
         self._trainable = None
         self.sync(int(state["global_step"]))
