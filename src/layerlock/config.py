@@ -43,8 +43,9 @@ import yaml
 from .cache_policy import CACHE_MODES
 from .data.datasets import BAD_IMAGE_POLICIES
 from .data.sources import DATA_SOURCES, SourceOptions
-from .errors import ConfigError, suggest
+from .errors import ConfigError, shorten, suggest
 from .options import UnfreezeOptions
+from .yaml_io import load_yaml, read_yaml
 
 __all__ = [
     "BAD_IMAGE_POLICIES",
@@ -59,8 +60,10 @@ __all__ = [
     "TASKS",
     "CacheOptions",
     "DataOptions",
+    "EvalOptions",
     "FinetuneConfig",
     "ModelOptions",
+    "RetainOptions",
     "RunOptions",
     "dotted_keys",
     "load_config",
@@ -69,6 +72,8 @@ __all__ = [
 
 TASKS = ("classify",)
 PRECISIONS = ("auto", "fp32", "bf16")
+RESTORE_BEST = ("off", "stage", "run")
+WISE_MODES = ("off", "auto")
 CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Seeds are 32-bit (NumPy's limit; the data order mixes them with the epoch).
@@ -84,14 +89,51 @@ _NONE = {"none", "null", "~", ""}
 
 def _at_least(out: list[str], name: str, value: Any, low: int) -> None:
     if value is None or isinstance(value, bool) or value < low:
-        out.append(f"{name}: must be >= {low}, got {value!r}")
+        out.append(f"{name}: must be >= {low}, got {shorten(value)}")
 
 
 def _choice(out: list[str], name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         out.append(
-            f"{name}: {value!r} is not one of {', '.join(choices)}" + suggest(str(value), choices)
+            f"{name}: {shorten(value)} is not one of {', '.join(choices)}"
+            + suggest(str(value)[:200], choices)
         )
+
+
+_TOO_LONG = "too long a path (at most 255 bytes per name, 4,096 in all)"
+
+
+def _path_kind(value: str | Path) -> str | None:
+    """``"file"``, ``"folder"``, ``"too long"``, another kind (``"FIFO"`` ...) or None (missing)."""
+    import errno
+    import os
+    import stat
+
+    try:
+        mode = os.stat(value).st_mode
+    except OSError as exc:
+        return "too long" if exc.errno == errno.ENAMETOOLONG else None
+    except ValueError:  # a NUL character
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "FIFO" if stat.S_ISFIFO(mode) else "special file"
+
+
+def _need_path(out: list[str], name: str, value: str | Path, kind: str, what: str) -> None:
+    """Report ``value`` unless it is a ``kind`` (file or folder), saying what it is instead."""
+    found = _path_kind(value)
+    if found == kind:
+        return
+    text = str(value) if len(str(value)) <= 200 else shorten(str(value))
+    if found is None:
+        out.append(f"{name}: {what} {text} does not exist")
+    elif found == "too long":
+        out.append(f"{name}: {text} is {_TOO_LONG}")
+    else:
+        out.append(f"{name}: {text} is a {found}, not a {kind}")
 
 
 @dataclass
@@ -126,8 +168,8 @@ class ModelOptions:
                 parse_spec(self.name)
             except ConfigError as exc:
                 out.append(f"name: {exc}")
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            out.append(f"checkpoint: file {self.checkpoint} does not exist")
+        if self.checkpoint:
+            _need_path(out, "checkpoint", self.checkpoint, "file", "file")
         return out
 
 
@@ -167,15 +209,15 @@ class DataOptions(SourceOptions):
         if self.source == "folder":
             if not self.path:
                 out.append("path: source=folder needs a folder holding train/ and val/")
-            elif not Path(self.path).is_dir():
-                out.append(f"path: folder {self.path} does not exist")
+            else:
+                _need_path(out, "path", self.path, "folder", "folder")
         elif self.source == "csv":
             for name in ("train_csv", "val_csv"):
                 value = getattr(self, name)
                 if not value:
                     out.append(f"{name}: source=csv needs a CSV file of path,label rows")
-                elif not Path(value).is_file():
-                    out.append(f"{name}: file {value} does not exist")
+                else:
+                    _need_path(out, name, value, "file", "file")
         elif self.source == "hf" and not self.path:
             out.append("path: source=hf needs the Hugging Face dataset name")
         return out
@@ -207,6 +249,78 @@ class CacheOptions:
         _choice(out, "dtype", self.dtype, CACHE_DTYPES)
         _at_least(out, "views", self.views, 1)
         _at_least(out, "budget_mb", self.budget_mb, 0)
+        return out
+
+
+@dataclass
+class EvalOptions:
+    """What is evaluated besides the validation split, and when (section ``eval``).
+
+    Attributes:
+        sets: Extra evaluation sets, each evaluated after every epoch: a mapping
+            ``name -> source`` or text ``"demo-rotated,mine=folder:PATH"`` (sources in
+            :mod:`layerlock.data.evalsets`). Their columns are ``<name>/val_acc`` ...
+        at_start: Evaluate before training too (an ``epoch 0`` row: the starting point).
+            ``auto``: when the retention guard needs it or the task asks for it.
+    """
+
+    sets: str | dict[str, str] = ""
+    at_start: bool | Literal["auto"] = "auto"
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        from .data.evalsets import parse_eval_sets
+
+        out: list[str] = []
+        try:
+            parse_eval_sets(self.sets)
+        except ConfigError as exc:
+            out.append(str(exc).removeprefix("eval."))
+        if self.at_start not in (True, False, "auto"):
+            out.append(f"at_start: must be true, false or auto, got {self.at_start!r}")
+        return out
+
+    def set_names(self) -> list[str]:
+        """The extra sets' names, in order."""
+        from .data.evalsets import parse_eval_sets
+
+        return list(parse_eval_sets(self.sets))
+
+
+@dataclass
+class RetainOptions:
+    """Keep what the model knew (section ``retain``; ``retain=SET`` sets :attr:`set`).
+
+    Attributes:
+        set: The reference evaluation set of the retention guard (``val`` or a name of
+            ``eval.sets``); ``None``: no guard. After each epoch, if its accuracy falls more
+            than :attr:`max_drop` points below its value before training, the run restores
+            the best weights of the current stage, stops unlocking deeper groups and
+            multiplies the learning rates by :attr:`lr_factor` (logged in ``events.jsonl``).
+        max_drop: The largest tolerated drop, in accuracy points (0-100).
+        lr_factor: Learning-rate factor applied when the guard triggers (1: unchanged).
+        restore_best: ``stage``: at the end of each stage restore the weights of its best
+            epoch (first evaluation set) before the next stage unlocks more; ``run``: end
+            the run with its best epoch's weights; ``off``.
+        wise: ``auto``: after the run, interpolate its start and end weights (WiSE-FT) and
+            keep the mixing coefficient best on the first evaluation set; ``off``.
+    """
+
+    set: str | None = None
+    max_drop: float = 5.0
+    lr_factor: float = 1.0
+    restore_best: str = "off"
+    wise: str = "off"
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        out: list[str] = []
+        if not (0 <= self.max_drop <= 100):
+            out.append(f"max_drop: must be in [0, 100] accuracy points, got {self.max_drop!r}")
+        if not (0 < self.lr_factor <= 1):
+            out.append(f"lr_factor: must be in (0, 1], got {self.lr_factor!r}")
+        _choice(out, "restore_best", self.restore_best, RESTORE_BEST)
+        _choice(out, "wise", self.wise, WISE_MODES)
         return out
 
 
@@ -260,15 +374,17 @@ class RunOptions:
             out.append(f"epochs: {self.epochs:,} is more than the {MAX_EPOCHS:,} supported")
         if not self.out_dir.strip():
             out.append("out_dir: must not be empty (a run writes into its own folder)")
-        elif Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
-            out.append(f"out_dir: {self.out_dir} is a file, not a folder")
+        elif _path_kind(self.out_dir) == "too long":
+            out.append(f"out_dir: {shorten(self.out_dir)} is {_TOO_LONG}")
+        elif _path_kind(self.out_dir) not in (None, "folder"):
+            out.append(f"out_dir: {self.out_dir} is a {_path_kind(self.out_dir)}, not a folder")
         if self.resume is not None:
             if not self.resume.strip():
                 out.append("resume: must name a run directory, got an empty value")
-            elif Path(self.resume).is_file():
+            elif _path_kind(self.resume) == "file":
                 out.append(f"resume: {self.resume} is a file; pass its run directory")
-            elif not Path(self.resume).is_dir():
-                out.append(f"resume: run directory {self.resume} does not exist")
+            else:
+                _need_path(out, "resume", self.resume, "folder", "run directory")
         return out
 
 
@@ -278,10 +394,19 @@ SECTIONS: dict[str, type] = {
     "data": DataOptions,
     "unfreeze": UnfreezeOptions,
     "cache": CacheOptions,
+    "eval": EvalOptions,
+    "retain": RetainOptions,
     "run": RunOptions,
 }
 #: The field a section given a scalar sets (``model=timm:x`` is ``model.name``).
-_PRIMARY = {"model": "name", "data": "source", "unfreeze": "schedule", "cache": "mode"}
+_PRIMARY = {
+    "model": "name",
+    "data": "source",
+    "unfreeze": "schedule",
+    "cache": "mode",
+    "eval": "sets",
+    "retain": "set",
+}
 
 #: Flat keys of the previous release -> their dotted keys (accepted, with a warning,
 #: for one release). ``model``, ``data`` and ``cache`` need no entry: a scalar given to
@@ -373,6 +498,8 @@ class FinetuneConfig:
         unfreeze: Schedule, learning rates, weight decay, BatchNorm
             (:class:`~layerlock.options.UnfreezeOptions`).
         cache: The locked-prefix feature cache (:class:`CacheOptions`).
+        eval: Extra evaluation sets and evaluation before training (:class:`EvalOptions`).
+        retain: The retention guard, best-epoch restore and WiSE-FT (:class:`RetainOptions`).
         run: Length, batch size, precision, device, seed and run directory
             (:class:`RunOptions`).
         deprecations: One message per old flat key this config was built from (not part
@@ -389,6 +516,8 @@ class FinetuneConfig:
     data: DataOptions = field(default_factory=DataOptions)
     unfreeze: UnfreezeOptions = field(default_factory=UnfreezeOptions)
     cache: CacheOptions = field(default_factory=CacheOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    retain: RetainOptions = field(default_factory=RetainOptions)
     run: RunOptions = field(default_factory=RunOptions)
     deprecations: list[str] = field(default_factory=list, repr=False, compare=False)
 
@@ -450,6 +579,13 @@ class FinetuneConfig:
         _choice(out, "task", self.task, TASKS)
         for name in SECTIONS:
             out.extend(f"{name}.{p}" for p in getattr(self, name).problems())
+        if self.retain.set is not None and not any(p.startswith("eval.sets") for p in out):
+            known = ["val", *self.eval.set_names()]
+            if self.retain.set not in known:
+                out.append(
+                    f"retain.set: {self.retain.set!r} is not an evaluation set; sets: "
+                    f"{', '.join(known)} (add it to eval.sets)" + suggest(self.retain.set, known)
+                )
         return out
 
     def validate(self) -> FinetuneConfig:
@@ -655,7 +791,7 @@ def dotted_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], l
             elif key in _PRIMARY:
                 out[f"{key}.{_PRIMARY[key]}"] = value
             else:
-                problems.append(f"{key}: expected a mapping of {key}.* keys, got {value!r}")
+                problems.append(f"{key}: expected a mapping of {key}.* keys, got {shorten(value)}")
         elif key in LEGACY_KEYS:
             new = LEGACY_KEYS[key]
             out[new] = value
@@ -676,7 +812,7 @@ def _build(values: Mapping[str, Any]) -> tuple[FinetuneConfig, list[str]]:
     task: Any = "classify"
     for key, value in values.items():
         if key not in known:
-            problems.append(f"unknown key {key!r}{_suggest_key(key, known)}")
+            problems.append(f"unknown key {shorten(key)}{_suggest_key(key[:200], known)}")
             continue
         if key == "task":
             try:
@@ -723,7 +859,19 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+#: A problem line longer than this is cut in the middle (values are shortened where
+#: they are quoted; this bounds what a message quotes from anywhere else).
+_MAX_PROBLEM_CHARS = 400
+
+
+def _cut(line: str) -> str:
+    if len(line) <= _MAX_PROBLEM_CHARS:
+        return line
+    return f"{line[:300]} ... {line[-80:]}"
+
+
 def _format(problems: list[str]) -> str:
+    problems = [_cut(p) for p in problems]
     if len(problems) == 1:
         return f"bad configuration: {problems[0]}"
     return f"{len(problems)} problems in the configuration:\n" + "\n".join(
@@ -783,7 +931,7 @@ def _coerce(value: Any, tp: Any) -> Any:
         text = str(value).strip()
         if text in args:
             return text
-        raise ValueError(f"expected {' or '.join(repr(a) for a in args)}, got {value!r}")
+        raise ValueError(f"expected {' or '.join(repr(a) for a in args)}, got {shorten(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -792,53 +940,53 @@ def _coerce(value: Any, tp: Any) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {shorten(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {shorten(value)}")
         if isinstance(value, int):
             return value
         try:
             number = float(str(value).replace("_", ""))
         except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
+            raise ValueError(f"expected an integer, got {shorten(value)}") from None
         if not number.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {shorten(value)}")
         return int(number)
     if tp is float:
         if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, got {shorten(value)}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
+            raise ValueError(f"expected a number, got {shorten(value)}") from None
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise ValueError(f"expected a string, got {value!r}")
+            raise ValueError(f"expected a string, got {shorten(value)}")
         return str(value)
     if origin is tuple:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 try:
-                    value = yaml.safe_load(text)
-                except yaml.YAMLError:
+                    value = load_yaml(text, "value")
+                except ConfigError:
                     raise ValueError(
-                        f"expected a list such as [pos_embed], got {value!r}"
+                        f"expected a list such as [pos_embed], got {shorten(value)}"
                     ) from None
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"expected a list such as [pos_embed], got {value!r}")
+            raise ValueError(f"expected a list such as [pos_embed], got {shorten(value)}")
         return tuple(str(v) for v in value)
     if origin is dict or tp is dict:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raise ValueError(f"expected a mapping, got {value!r}") from None
+                value = load_yaml(value, "value")
+            except ConfigError as exc:
+                raise ValueError(f"expected a mapping, got {shorten(value)} ({exc})") from None
         if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping such as {{hflip: 0.0}}, got {value!r}")
+            raise ValueError(f"expected a mapping such as {{hflip: 0.0}}, got {shorten(value)}")
         return dict(value)
     raise ValueError(f"unsupported type {tp}")  # pragma: no cover - all fields handled above
 
@@ -863,7 +1011,7 @@ def parse_overrides(
         key, sep, value = str(item).partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
         if not sep or not key:
-            problems.append(f"override {item!r} is not key=value")
+            problems.append(f"override {shorten(item)} is not key=value")
             continue
         out[key] = value
     return out, problems
@@ -898,13 +1046,8 @@ def load_config(
     problems: list[str] = []
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"config file {path} is not valid YAML: {first}") from exc
+        # bounded: size, depth, no aliases, no repeated keys, UTF-8 text
+        loaded = read_yaml(path, "config file") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}"

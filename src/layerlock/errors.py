@@ -78,6 +78,23 @@ def abbreviate(names: Sequence[str], keep: int = 3) -> str:
     return ", ".join(names[:keep]) + " ... " + ", ".join(names[-2:])
 
 
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with the full length noted.
+
+    Messages quote user values with it, so that a megabyte-long value gives a short line.
+
+    Example:
+        >>> shorten("x" * 1000, limit=20)
+        "'xxxxxxxxxxxxx... (1,002 characters)"
+        >>> shorten(3)
+        '3'
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 6, 8)]}... ({len(text):,} characters)"
+
+
 def require(module: str, extra: str, what: str) -> None:
     """Raise :class:`MissingDependencyError` when ``module`` cannot be imported."""
     import importlib.util

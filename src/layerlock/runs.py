@@ -35,6 +35,7 @@ import yaml
 from torch import nn
 
 from .errors import LayerlockError
+from .yaml_io import read_yaml
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -94,7 +95,7 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
             f"{run_dir} is not a layerlock run directory (no {CONFIG_FILE}); "
             "pass the out_dir of an earlier finetune run"
         )
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    loaded = read_yaml(path, "run config")
     if not isinstance(loaded, dict):
         raise LayerlockError(f"{path} does not hold a config mapping")
     return loaded
@@ -567,7 +568,7 @@ class RunDir:
         path = self.path / name
         if not path.is_file():
             raise LayerlockError(f"{path} does not exist")
-        return yaml.safe_load(path.read_text())
+        return read_yaml(path, "run file")
 
     def save_weights(
         self,
