@@ -135,6 +135,7 @@ class FinetuneRecipe:
         self._setup_data()
         self._setup_model()
         self._setup_loaders()
+        self._setup_eval_sets()
         self._setup_unfreezer()
         self._setup_run_dir()
         self._setup_caches()
@@ -213,6 +214,22 @@ class FinetuneRecipe:
         self.val_loader = DataLoader(
             self.val_set, batch_size=run.batch_size, shuffle=False, **options
         )
+
+    def _setup_eval_sets(self) -> None:
+        """Loaders of ``eval.sets`` (each rank evaluates its share, like the validation split)."""
+        run = self.config.run
+        options = loader_options(self.device, self.workers)
+        self.extra_sets: dict[str, tuple[str, DataLoader]] = {}
+        for name, es in self.task.eval_sets(self.config, self.transforms).items():
+            share = torch.utils.data.Subset(
+                es.dataset, list(range(self.rank, dataset_len(es.dataset), self.world))
+            )
+            loader = DataLoader(share, batch_size=run.batch_size, shuffle=False, **options)
+            self.extra_sets[name] = (es.kind, loader)
+        at_start = self.config.eval.at_start
+        if at_start == "auto":
+            at_start = self.task.eval_at_start or self.config.retain.set is not None
+        self.eval_at_start = bool(at_start)
 
     def _setup_unfreezer(self) -> None:
         ddp_kwargs: dict[str, Any] = {}
@@ -351,6 +368,9 @@ class FinetuneRecipe:
         interrupted = False
         with StopFlag() as self.stop:
             try:
+                if self.eval_at_start and not self.tracker.baseline:
+                    self.evaluate(-1)  # epoch 0: the starting point
+                    self.save_checkpoint()
                 while self.tracker.evaluated < self.config.run.epochs:
                     epoch = self.tracker.evaluated
                     if self.train_epoch(epoch):
@@ -456,7 +476,7 @@ class FinetuneRecipe:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> dict[str, Any]:
-        """Evaluate after ``epoch``, write its row, and update the tracker."""
+        """Evaluate after ``epoch`` (``-1``: before training), write its row, update the tracker."""
         self.bar.describe(f"epoch {epoch + 1}/{self.config.run.epochs} evaluating")
         t_eval = time.perf_counter()
         ev, kind = self.caches.evaluate(epoch, self._evaluate_batches)
@@ -466,13 +486,18 @@ class FinetuneRecipe:
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.unfreezer.global_step}
         row.update(self.task.train_columns(tracker.loss_sum, tracker.counts))
         row.update({k: v for k, v in ev.items() if not k.startswith("_") and v is not None})
+        for name, (kind, loader) in self.extra_sets.items():
+            extra = self.task.evaluate(self.model, loader, self.device, self.dtype, kind)
+            row.update(
+                {f"{name}/{k}": v for k, v in extra.items() if v is not None and k[0] != "_"}
+            )
         row["elapsed_s"] = self._elapsed()
         # the LRs and trainable set the epoch's last step trained with
         row.update(tracker.last_lrs or self._lrs())
         row["trainable_params"] = tracker.last_trained.get("trainable", self.live["trainable"])
         row["unlocked_groups"] = tracker.last_trained.get("groups", self.live["groups"])
         row["eval_s"] = time.perf_counter() - t_eval
-        row.update(self.caches.epoch_columns(self.epoch_cached, kind))
+        row.update(self.caches.epoch_columns(self.epoch_cached if epoch >= 0 else False, kind))
         self.logger.log_epoch(row)
         tracker.finish_epoch(row, {k: v for k, v in ev.items() if k.startswith("_")})
         return row

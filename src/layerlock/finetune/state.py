@@ -109,6 +109,7 @@ class EpochTracker:
         self.rows: list[dict[str, Any]] = []
         self.last_lrs: dict[str, float] = {}
         self.last_trained: dict[str, int] = {}
+        self.baseline: dict[str, Any] = {}
 
     def add(self, loss_sum: float, counts: Mapping[str, float]) -> None:
         """Add one step's loss (summed over its samples) and counts to the epoch's sums."""
@@ -119,6 +120,8 @@ class EpochTracker:
     def finish_epoch(self, row: Mapping[str, Any], details: Mapping[str, Any]) -> None:
         """Record a finished epoch's row and evaluation details; reset the sums."""
         self.evaluated = int(row["epoch"])
+        if self.evaluated == 0:
+            self.baseline = dict(row)
         self.loss_sum, self.counts = 0.0, {}
         value = row.get(self.best_metric)
         if value is not None and float(value) > self.best:
@@ -138,6 +141,7 @@ class EpochTracker:
             "details": dict(self.details),
             "last_lrs": dict(self.last_lrs),
             "last_trained": dict(self.last_trained),
+            "baseline": {k: v for k, v in self.baseline.items() if v is not None},
         }
 
     def load(self, ckpt: Mapping[str, Any]) -> None:
@@ -157,3 +161,4 @@ class EpochTracker:
             self.details["_per_class"] = list(ckpt["per_class"])
         self.last_lrs = dict(ckpt.get("last_lrs", {}))
         self.last_trained = dict(ckpt.get("last_trained", {}))
+        self.baseline = dict(ckpt.get("baseline", {}))

@@ -28,9 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..config import FinetuneConfig
 from ..data import TrainVal, Transforms, load_train_val, model_transforms, open_clip_preprocess
+from ..data.evalsets import load_eval_set, parse_eval_sets
 from ..devices import autocast
 from ..distributed import all_sum
 from ..errors import ConfigError, LayerlockError
@@ -38,7 +40,15 @@ from ..groups import LayerGroups
 from ..models import OpenCLIPClassifier, build_classifier, classifier_logits
 from .state import EpochTracker, RunResult
 
-__all__ = ["TASKS", "BatchStats", "Batches", "ClassificationTask", "Task", "make_task"]
+__all__ = [
+    "TASKS",
+    "BatchStats",
+    "Batches",
+    "ClassificationTask",
+    "EvalSet",
+    "Task",
+    "make_task",
+]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 """Evaluation input: ``(inputs, targets)`` pairs (a DataLoader, or cached features)."""
@@ -58,6 +68,19 @@ class BatchStats:
     counts: dict[str, float]
 
 
+@dataclass
+class EvalSet:
+    """An evaluation set besides the validation split.
+
+    Attributes:
+        dataset: Its samples (with the evaluation transform).
+        kind: What it holds: ``classify`` (class-labelled images) or ``captions``.
+    """
+
+    dataset: Dataset
+    kind: str = "classify"
+
+
 class Task(ABC):
     """What a training objective provides to the recipe.
 
@@ -69,6 +92,8 @@ class Task(ABC):
     name: str
     best_metric: str
     classes: list[str]
+    eval_at_start: bool = False
+    """Whether ``eval.at_start=auto`` evaluates this task before training."""
 
     @abstractmethod
     def load_data(self, config: FinetuneConfig) -> TrainVal:
@@ -92,6 +117,24 @@ class Task(ABC):
             model, augmentation=d.augmentation, deterministic_train=d.deterministic_train_transform
         )
 
+    def eval_sets(self, config: FinetuneConfig, transforms: Transforms) -> dict[str, EvalSet]:
+        """The extra evaluation sets of ``eval.sets``, labelled with this task's classes."""
+        sources = parse_eval_sets(config.eval.sets)
+        return {
+            name: EvalSet(
+                load_eval_set(
+                    source,
+                    classes=self.classes,
+                    options=config.data,
+                    seed=config.run.seed,
+                    transform=transforms.eval,
+                    mode=transforms.mode,
+                ),
+                "classify",
+            )
+            for name, source in sources.items()
+        }
+
     def forward(self, net: nn.Module, inputs: Any, targets: Any) -> BatchStats:
         """Run ``net`` on a training batch and score it (the recipe calls it under autocast)."""
         return self.batch(net(inputs), targets)
@@ -110,9 +153,16 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(
-        self, model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None
+        self,
+        model: nn.Module,
+        batches: Batches,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        kind: str = "main",
     ) -> dict[str, Any]:
         """Evaluation metrics over ``batches`` (all ranks' shares combined).
+
+        ``kind`` is ``main`` for the validation split, else the :class:`EvalSet`'s kind.
 
         Returns:
             Epoch-row columns (``None`` values are left out of the row) plus, under keys
@@ -186,7 +236,12 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None
+        self,
+        model: nn.Module,
+        batches: Batches,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        kind: str = "main",
     ) -> dict[str, Any]:
         n = len(self.classes)
         was = model.training
