@@ -269,7 +269,16 @@ def test_yaml_round_trip_is_equal_and_nested(tmp_path):
             "unfreeze.no_weight_decay=[pos_embed]",
         ]
     )
-    assert list(cfg.to_dict()) == ["task", "model", "data", "unfreeze", "cache", "run"]
+    assert list(cfg.to_dict()) == [
+        "task",
+        "model",
+        "data",
+        "unfreeze",
+        "cache",
+        "eval",
+        "retain",
+        "run",
+    ]
     assert cfg.to_dict()["unfreeze"]["lr"] == 3e-4
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
