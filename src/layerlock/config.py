@@ -179,7 +179,7 @@ class DataOptions(SourceOptions):
 
     Where to find the data are the fields of :class:`~layerlock.data.sources.SourceOptions`
     (``path``, ``train_csv``, ``val_csv``, ``csv_img_key``, ``csv_label_key``,
-    ``csv_separator``, ``hf_image_key``, ``hf_label_key``, ``train_split``, ``val_split``,
+    ``csv_separator``, ``csv_encoding``, ``hf_image_key``, ``hf_label_key``, ``train_split``, ``val_split``,
     ``bad_images``, ``shots_per_class``); this section adds:
 
     Attributes:
@@ -206,6 +206,15 @@ class DataOptions(SourceOptions):
             _at_least(out, "workers", self.workers, 0)
         if len(self.csv_separator) != 1:
             out.append(f"csv_separator: must be one character, got {self.csv_separator!r}")
+        try:
+            import codecs
+
+            codecs.lookup(self.csv_encoding)
+        except LookupError:
+            out.append(
+                f"csv_encoding: unknown text encoding {shorten(self.csv_encoding)} "
+                "(e.g. utf-8, latin-1, cp1252)"
+            )
         if self.source == "folder":
             if not self.path:
                 out.append("path: source=folder needs a folder holding train/ and val/")

@@ -122,8 +122,17 @@ def load_yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def decode_text(data: bytes, source: str, encoding: str = "utf-8") -> str:
+def decode_text(
+    data: bytes, source: str, encoding: str = "utf-8", *, nul_is_binary: bool = True
+) -> str:
     """``data`` decoded as ``encoding`` (a UTF-8 byte-order mark is dropped).
+
+    Args:
+        data: The bytes.
+        source: Names the data in messages (``"config file a.yaml"``).
+        encoding: The text encoding expected.
+        nul_is_binary: Refuse NUL bytes in the first 8 KiB as binary data (callers that
+            report NUL characters by line pass False).
 
     Raises:
         ConfigError: Binary data (NUL bytes) or bytes that are not ``encoding`` text,
@@ -136,7 +145,7 @@ def decode_text(data: bytes, source: str, encoding: str = "utf-8") -> str:
         layerlock.errors.ConfigError: config file a.yaml is not utf-8 text (byte 0xff at offset 0); save it as utf-8
     """
     nul = data.find(b"\x00", 0, 8192)
-    if nul >= 0 and not encoding.lower().startswith("utf-16"):
+    if nul_is_binary and nul >= 0 and not encoding.lower().startswith("utf-16"):
         raise ConfigError(
             f"{source} is a binary file (NUL byte at offset {nul}), not {encoding} text"
         )

@@ -77,7 +77,7 @@ def test_corrupt_images_skipped_and_counted_or_error_naming_file(tree, content):
     splits = folder_train_val(tree)
     assert len(splits.train) == 6
     assert [p for p, _ in splits.skipped["train"]] == [str(bad)]
-    assert "skipped 1 unreadable file(s), e.g." in splits.summary()
+    assert "skipped 1 file(s), e.g." in splits.summary()
     with pytest.raises(LayerlockError, match=r"cannot read image .*broken\.png"):
         folder_train_val(tree, bad_images="error")
 

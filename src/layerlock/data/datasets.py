@@ -9,12 +9,24 @@ is built. With ``bad_images="skip"`` (the default) such files are left out and l
 ``dataset.skipped`` as ``(path, reason)`` so the caller can report how many; with
 ``bad_images="error"`` the first one raises a :class:`~layerlock.errors.LayerlockError`
 naming the file. A file that breaks later (changed on disk) always raises, naming the file.
+Only regular files (or links to one) are opened: a FIFO, socket or device named like an
+image would block or never end, so it counts as unreadable without being opened.
+
+Links in an ImageFolder tree are followed, with three rules that hold whatever the
+``bad_images`` policy (these entries are left out and listed in ``skipped`` with the reason):
+a folder already read (a link loop such as ``cat/loop -> .``, or two links to one folder)
+is not read again; a file reached twice (by its resolved path) counts once, under its first
+path; and a file or folder whose resolved path lies inside another class's folder (``cat/x
+-> ../dog``) is not taken into this class, so a link never changes a file's label.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +75,11 @@ class TrainVal:
 
     @property
     def skipped(self) -> dict[str, list[tuple[str, str]]]:
-        """Unreadable files left out, per split: ``{"train": [(path, reason)], "val": [...]}``."""
+        """Entries left out, per split: ``{"train": [(path, reason)], "val": [...]}``.
+
+        Unreadable images, non-regular files, and links that loop, repeat a file or cross
+        into another class (see the module docstring).
+        """
         return {
             "train": list(getattr(self.train, "skipped", [])),
             "val": list(getattr(self.val, "skipped", [])),
@@ -82,7 +98,7 @@ class TrainVal:
         n = len(skipped["train"]) + len(skipped["val"])
         if n:
             first = (skipped["train"] + skipped["val"])[0][0]
-            text += f"; skipped {n} unreadable file(s), e.g. {first}"
+            text += f"; skipped {n} file(s), e.g. {first}"
         return text
 
 
@@ -225,8 +241,34 @@ def _to_pil(value: Any) -> Image.Image:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _NotRegular):
+        return str(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:160]
+
+
+def _not_regular(path: str) -> str | None:
+    """Why ``path`` must not be opened (a FIFO would block ``open()`` forever), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            return f"broken link ({exc.strerror})"
+        return None  # opening it reports the error
+    if stat.S_ISREG(mode):
+        return None
+    kind = (
+        "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a folder"
+        if stat.S_ISDIR(mode)
+        else "a device or socket"
+    )
+    return f"not a regular file ({kind})"
+
+
+class _NotRegular(OSError):
+    """A path that is not a regular file, found before opening it."""
 
 
 def _scan(
@@ -240,6 +282,9 @@ def _scan(
     good, skipped = [], []
     for path, label in samples:
         try:
+            why = _not_regular(path)
+            if why is not None:
+                raise _NotRegular(why)
             with Image.open(path) as img:
                 img.load()
         except _READ_ERRORS as exc:
@@ -326,20 +371,18 @@ def image_folder(
     Example:
         >>> ds = image_folder("data/train")  # doctest: +SKIP
     """
-    from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root = Path(root)
     if not root.is_dir():
         raise LayerlockError(f"image folder {root} does not exist")
-    try:
-        folder = ImageFolder(str(root), allow_empty=True)
-    except FileNotFoundError as exc:
+    tree = _read_tree(root, IMG_EXTENSIONS)
+    if not tree.classes:
         raise LayerlockError(
             f"image folder {root} has no class folders (expected {root}/<class>/<image>)"
-        ) from exc
-    names = list(folder.classes)
-    counts = np.bincount(np.asarray(folder.targets, dtype=np.int64), minlength=len(names))
+        )
+    names = tree.classes
+    counts = np.bincount(np.asarray(tree.targets, dtype=np.int64), minlength=len(names))
     if classes is None:
         empty = [n for n, c in zip(names, counts) if c == 0]
         if empty:
@@ -352,13 +395,94 @@ def image_folder(
     else:
         check_classes(classes, [n for n, c in zip(names, counts) if c > 0], str(root))
     index = {c: i for i, c in enumerate(classes)}
-    samples = [(path, index[names[t]]) for path, t in folder.samples]
+    samples = [(path, index[names[t]]) for path, t in tree.samples]
     if not samples:
         raise LayerlockError(f"image folder {root} has no images in its class folders")
     good, skipped = _scan(samples, bad_images)
     if not good:
         raise LayerlockError(f"image folder {root}: none of its {len(samples)} images is readable")
-    return ImageDataset(good, classes, transform=transform, mode=mode, skipped=skipped)
+    return ImageDataset(
+        good, classes, transform=transform, mode=mode, skipped=[*tree.skipped, *skipped]
+    )
+
+
+@dataclass
+class _Tree:
+    """What :func:`_read_tree` found: class names, ``(path, class index)``, skipped entries."""
+
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[tuple[str, str]]
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+
+def _owner(real: str, class_roots: dict[str, str]) -> str | None:
+    """The class whose folder holds the resolved path ``real`` (the deepest such folder)."""
+    best: str | None = None
+    for name, folder in class_roots.items():
+        if (real == folder or real.startswith(folder.rstrip(os.sep) + os.sep)) and (
+            best is None or len(folder) > len(class_roots[best])
+        ):
+            best = name
+    return best
+
+
+def _read_tree(root: Path, extensions: tuple[str, ...]) -> _Tree:
+    """The image files of ``root/<class>/**`` in torchvision's ImageFolder order, links safely.
+
+    Classes are the sub-folders of ``root`` sorted by name; each class's files are sorted by
+    (folder, name), as ``ImageFolder`` orders them. Links follow the rules of the module
+    docstring: no folder is read twice, no file counts twice, nothing crosses into another
+    class. Files named like images that are not regular files are kept here: :func:`_scan`
+    reports them under the ``bad_images`` policy.
+    """
+    with os.scandir(root) as it:
+        classes = sorted(e.name for e in it if e.is_dir())
+    class_roots = {c: os.path.realpath(root / c) for c in classes}
+    visited: dict[str, str] = {}  # resolved folder -> the path it was first read under
+    first_path: dict[str, str] = {}  # resolved file -> the path it was first counted under
+    samples: list[tuple[str, int]] = []
+    skipped: list[tuple[str, str]] = []
+    for label, name in enumerate(classes):
+        found: list[tuple[str, str]] = []  # (folder, file name), sorted at the end
+        stack = [str(root / name)]
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if real in visited:
+                skipped.append((folder, f"link to a folder already read ({visited[real]})"))
+                continue
+            owner = _owner(real, class_roots)
+            if owner is not None and owner != name:
+                skipped.append((folder, f"link into class folder {owner!r}; not read as {name!r}"))
+                continue
+            visited[real] = folder
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                skipped.append((folder, f"cannot list folder ({exc.strerror or exc})"))
+                continue
+            for entry in reversed(entries):
+                if entry.is_dir():  # follows links: their targets are checked above
+                    stack.append(entry.path)
+                elif entry.name.lower().endswith(extensions):
+                    found.append((folder, entry.name))
+        for folder, file_name in sorted(found):
+            path = os.path.join(folder, file_name)
+            real = os.path.realpath(path)
+            owner = _owner(real, class_roots)
+            if owner is not None and owner != name:
+                skipped.append((path, f"link into class folder {owner!r}; not counted as {name!r}"))
+            elif real in first_path:
+                skipped.append((path, f"same file as {first_path[real]}; counted once"))
+            else:
+                first_path[real] = path
+                samples.append((path, label))
+    return _Tree(classes, samples, skipped)
 
 
 def _find_val_dir(root: Path) -> Path:
@@ -411,12 +535,29 @@ def folder_train_val(
     return TrainVal(train, val, train.classes)
 
 
-def _read_csv(path: Path, img_key: str, label_key: str, sep: str) -> tuple[list[str], list[str]]:
+def _read_csv(
+    path: Path, img_key: str, label_key: str, sep: str, encoding: str = "utf-8"
+) -> tuple[list[str], list[str]]:
+    from ..yaml_io import decode_text
+
+    if path.is_dir():
+        raise LayerlockError(f"CSV file {path} is a folder, not a file")
     if not path.is_file():
-        raise LayerlockError(f"CSV file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as f:
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise LayerlockError(f"CSV file {path} {what}")
+    # binary or wrongly encoded files fail here, naming the file and the encoding expected
+    text = decode_text(path.read_bytes(), f"CSV file {path}", encoding, nul_is_binary=False)
+    if "\x00" in text.partition("\n")[0]:
+        raise ConfigError(f"CSV file {path} is a binary file (NUL byte in its header line)")
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, delimiter=sep)
         header = reader.fieldnames or []
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise ConfigError(
+                f"CSV {path} has column(s) {', '.join(repr(c) for c in repeated)} more than "
+                "once in its header; name every column once"
+            )
         for key, what in ((img_key, "csv_img_key"), (label_key, "csv_label_key")):
             if key not in header:
                 raise ConfigError(
@@ -428,6 +569,10 @@ def _read_csv(path: Path, img_key: str, label_key: str, sep: str) -> tuple[list[
             p, lab = (row.get(img_key) or "").strip(), (row.get(label_key) or "").strip()
             if not p or not lab:
                 raise LayerlockError(f"CSV {path} line {line}: empty {img_key!r} or {label_key!r}")
+            if "\x00" in p or "\x00" in lab:
+                raise LayerlockError(
+                    f"CSV {path} line {line}: a NUL character in {img_key!r} or {label_key!r}"
+                )
             paths.append(p)
             labels.append(lab)
     if not paths:
@@ -445,6 +590,7 @@ def csv_dataset(
     transform: Transform | None = None,
     mode: str = "RGB",
     bad_images: str = "skip",
+    encoding: str = "utf-8",
 ) -> ImageDataset:
     """A CSV of image paths and class labels, with a header row.
 
@@ -461,16 +607,19 @@ def csv_dataset(
         transform: Applied to each PIL image.
         mode: ``"L"`` or ``"RGB"``.
         bad_images: ``"skip"`` or ``"error"``; missing files count as unreadable.
+        encoding: Text encoding of the CSV file (a UTF-8 byte-order mark is allowed).
 
     Raises:
-        LayerlockError: Missing file, no rows, empty cells, no readable image.
-        ConfigError: Unknown column names or labels that ``classes`` lacks.
+        LayerlockError: Missing file, no rows, empty cells or NUL characters (naming the
+            line), no readable image.
+        ConfigError: Unknown or repeated column names, labels that ``classes`` lacks, a
+            binary file or one that is not ``encoding`` text.
 
     Example:
         >>> ds = csv_dataset("train.csv", img_key="filepath", label_key="class")  # doctest: +SKIP
     """
     csv_path = Path(csv_path)
-    paths, labels = _read_csv(csv_path, img_key, label_key, sep)
+    paths, labels = _read_csv(csv_path, img_key, label_key, sep, encoding)
     distinct = sorted(set(labels), key=_class_key)
     if classes is None:
         classes = distinct
@@ -485,6 +634,27 @@ def csv_dataset(
     return ImageDataset(good, classes, transform=transform, mode=mode, skipped=skipped)
 
 
+def _load_saved(datasets: Any, name: str) -> dict[str, Any] | None:
+    """The splits of a folder written by ``save_to_disk``, or None for other names.
+
+    A ``DatasetDict`` folder (``dataset_dict.json``) gives its splits; a single ``Dataset``
+    folder (``state.json``) is one split, named by the split it was made from (``train``
+    when it does not say).
+    """
+    folder = Path(name)
+    if not (folder / "dataset_dict.json").is_file() and not (folder / "state.json").is_file():
+        return None
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # datasets raises many types for a damaged folder
+        raise LayerlockError(
+            f"cannot load Hugging Face dataset folder {folder}: {_reason(exc)}"
+        ) from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        return dict(loaded)
+    return {str(getattr(loaded, "split", None) or "train"): loaded}
+
+
 def hf_train_val(
     name: str,
     *,
@@ -497,6 +667,9 @@ def hf_train_val(
     mode: str = "RGB",
 ) -> TrainVal:
     """Train and evaluation splits of a Hugging Face dataset (``datasets.load_dataset``).
+
+    A local folder written by ``save_to_disk`` (a ``DatasetDict``, or a single ``Dataset``
+    holding one split) is read with ``datasets.load_from_disk``.
 
     Class names come from a ``ClassLabel`` feature when the label column has one, else from
     the sorted distinct labels of the training split.
@@ -516,7 +689,16 @@ def hf_train_val(
             "Hugging Face datasets need the datasets package: pip install datasets"
         ) from exc
 
+    saved = _load_saved(datasets, name)
+
     def load(split: str) -> Any:
+        if saved is not None:
+            if split not in saved:
+                raise ConfigError(
+                    f"Hugging Face dataset {name!r} (saved with save_to_disk) has no split "
+                    f"{split!r}{suggest(split, list(saved))} Splits: {', '.join(saved)}"
+                )
+            return saved[split]
         try:
             return datasets.load_dataset(name, split=split)
         except Exception as exc:  # datasets raises many unrelated types (network, missing split)

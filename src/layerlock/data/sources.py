@@ -53,6 +53,8 @@ class SourceOptions:
         csv_img_key: Image path column (``csv``).
         csv_label_key: Label column (``csv``).
         csv_separator: Column separator (``csv``).
+        csv_encoding: Text encoding of the CSV files (``csv``; a UTF-8 byte-order mark is
+            fine under the default).
         hf_image_key: Image column (``hf``).
         hf_label_key: Label column (``hf``).
         train_split: Hugging Face split used for training (``hf``).
@@ -68,6 +70,7 @@ class SourceOptions:
     csv_img_key: str = "path"
     csv_label_key: str = "label"
     csv_separator: str = ","
+    csv_encoding: str = "utf-8"
     hf_image_key: str = "image"
     hf_label_key: str = "label"
     train_split: str = "train"
@@ -127,6 +130,7 @@ def _load_csv(options: SourceOptions, transforms: Transforms, seed: int) -> Trai
         "img_key": options.csv_img_key,
         "label_key": options.csv_label_key,
         "sep": options.csv_separator,
+        "encoding": options.csv_encoding,
         "mode": transforms.mode,
     }
     train = csv_dataset(
