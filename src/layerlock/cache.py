@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -43,9 +44,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from .cache_file import FILE_SUFFIX, FileWriter, file_lock, map_published, problem_with
 from .cache_policy import CacheDecision, describe_bytes, should_cache
+from .distributed import all_gather_rows, all_sum, rank_and_world, shard_bounds
 from .errors import ConfigError, LayerlockError
 from .split import Split
 
@@ -197,9 +200,10 @@ class FeatureCache:
         dtype: Storage dtype (``torch.float16``, ``torch.bfloat16`` or ``torch.float32``).
         budget_bytes: The most the features may take; more raises
             :class:`CacheBudgetError` before any work is done.
-        storage: ``"memory"`` or ``"mmap"`` (a file under ``dir``; reused by a later cache
-            with the same key).
-        dir: Directory of the memory-mapped file (required for ``"mmap"``).
+        storage: ``"memory"`` or ``"mmap"``: one file per key under ``dir``
+            (:mod:`layerlock.cache_file`: checked on open, published atomically), reused
+            without a fill by any later cache with the same key.
+        dir: Directory of the feature files (required for ``"mmap"``).
         views: K fixed augmented views per sample: view v is filled with the random
             generators seeded with ``seed + v``; epoch e trains on view ``e % K``.
         batch_size: Batch size of the fill.
@@ -208,7 +212,11 @@ class FeatureCache:
         transform_key: Overrides the preprocessing part of the key.
         dataset_key: Overrides the dataset part of the key.
         device: Where the prefix runs (default: the model's device).
-        progress: Called with ``(done, total)`` samples during the fill.
+        progress: Called with ``(done, total)`` samples during the fill (this rank's).
+        across_ranks: Split the fill over the ranks of the process group (each fills a
+            contiguous block of samples, then the blocks are exchanged: every rank ends
+            with all features, filled in about ``1 / world`` of the time). A collective:
+            every rank constructs the cache with the same arguments.
 
     Raises:
         ConfigError: Bad arguments (listed together).
@@ -232,6 +240,7 @@ class FeatureCache:
         dataset_key: str | None = None,
         device: torch.device | str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        across_ranks: bool = False,
     ) -> None:
         problems = []
         if dtype not in _DTYPES.values():
@@ -282,30 +291,62 @@ class FeatureCache:
             )
         self.path: Path | None = None
         self.fill_seconds = 0.0
+        #: Whether the features came from a published file (no fill).
         self.reused = False
+        #: Why a file found under ``dir`` was not trusted (then filled again), or None.
+        self.rejected: str | None = None
+        self.across_ranks = across_ranks
         total = (self.num_samples * views, *self.feature_shape)
-        if storage == "mmap":
-            assert dir is not None
-            Path(dir).mkdir(parents=True, exist_ok=True)
-            self.path = Path(dir) / f"features-{self.key.digest()}.bin"
-            meta = self.path.with_suffix(".json")
-            reuse = meta.exists() and self.path.exists() and _meta_ok(meta, self.key, total)
-            self.features = torch.from_file(
-                str(self.path), shared=True, size=math.prod(total), dtype=dtype
-            ).view(total)
-            if reuse:
-                self.labels = torch.load(self.path.with_suffix(".labels.pt"))
-                self.reused = True
-                return
-        else:
+        if storage == "memory":
             self.features = torch.empty(total, dtype=dtype)
-        self.labels = torch.empty(self.num_samples * views, dtype=torch.long)
-        self._fill(progress)
-        if self.path is not None:
-            torch.save(self.labels, self.path.with_suffix(".labels.pt"))
-            self.path.with_suffix(".json").write_text(
-                json.dumps({"key": asdict(self.key), "shape": list(total)})
-            )
+            self.labels = torch.empty(total[0], dtype=torch.long)
+            self._fill(progress)
+            return
+        assert dir is not None
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(dir) / f"features-{self.key.digest()}{FILE_SUFFIX}"
+        rank, world = rank_and_world() if across_ranks else (0, 1)
+        # Rank 0 alone locks and writes; a second run with the same key waits for the
+        # lock, then finds the published file and reuses it.
+        with file_lock(self.path) if rank == 0 else contextlib.nullcontext():
+            self._open_or_fill(total, rank, world, progress)
+
+    def _open_or_fill(
+        self,
+        total: tuple[int, ...],
+        rank: int,
+        world: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        assert self.path is not None
+        key = asdict(self.key)
+        problem = problem_with(self.path, key, total, self.dtype)
+        # every rank must find a valid file, or all of them fill (the fill is collective)
+        valid = float(problem is None)
+        if world > 1:
+            valid = all_sum([valid], self.device)[0]
+        if valid == world:
+            self.features, self.labels = map_published(self.path, total, self.dtype)
+            self.reused = True
+            return
+        if problem != "no file":
+            self.rejected = problem
+        writer = FileWriter(self.path, key, total, self.dtype) if rank == 0 else None
+        if writer is not None:
+            self.features, self.labels = writer.features, writer.labels
+        else:
+            self.features = torch.empty(total, dtype=self.dtype)
+            self.labels = torch.empty(total[0], dtype=torch.long)
+        try:
+            self._fill(progress)
+            if writer is not None:
+                writer.publish()
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        if writer is not None:  # serve from the published, read-only file
+            self.features, self.labels = map_published(self.path, total, self.dtype)
 
     # -- filling ---------------------------------------------------------------------
     def _probe_shape(self) -> tuple[int, ...]:
@@ -318,19 +359,21 @@ class FeatureCache:
         import time
 
         start = time.perf_counter()
-        total = self.num_samples * self.views
+        rank, world = rank_and_world() if self.across_ranks else (0, 1)
+        lo, hi = shard_bounds(self.num_samples, rank, world)
+        total = (hi - lo) * self.views
         done = 0
         with _eval_mode(self.split.model), torch.no_grad():
             for v in range(self.views):
                 if self.views > 1:
                     torch.manual_seed(self.seed + v)
                 loader = DataLoader(
-                    self.dataset,
+                    Subset(self.dataset, range(lo, hi)) if world > 1 else self.dataset,
                     batch_size=self._batch_size,
                     shuffle=False,
                     num_workers=self._num_workers,
                 )
-                i = v * self.num_samples
+                i = v * self.num_samples + lo
                 for x, y in loader:
                     out = self.split.prefix(x.to(self.device))
                     n = out.shape[0]
@@ -340,6 +383,11 @@ class FeatureCache:
                     done += n
                     if progress is not None:
                         progress(done, total)
+        if world > 1:  # every rank filled its rows of each view: exchange them
+            for v in range(self.views):
+                rows = slice(v * self.num_samples, (v + 1) * self.num_samples)
+                all_gather_rows(self.features[rows])
+                all_gather_rows(self.labels[rows])
         self.fill_seconds = time.perf_counter() - start
 
     # -- validity --------------------------------------------------------------------
@@ -444,14 +492,6 @@ class _Batches:
             if self.device is not None:
                 feats, labels = feats.to(self.device), labels.to(self.device)
             yield feats, labels
-
-
-def _meta_ok(meta: Path, key: CacheKey, shape: tuple[int, ...]) -> bool:
-    try:
-        data = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(data.get("key") == asdict(key) and data.get("shape") == list(shape))
 
 
 def _itemsize(dtype: torch.dtype) -> int:

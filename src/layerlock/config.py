@@ -244,12 +244,16 @@ class CacheOptions:
             only with ``mode=on``).
         dtype: Storage dtype of cached features: ``auto`` (bfloat16 on CUDA, float16
             elsewhere), ``float16``, ``bfloat16`` or ``float32``.
+        dir: Folder for the training features on disk (memory-mapped, one checked file
+            per cache key); a later run or schedule whose key matches reuses them
+            without a fill. ``None``: in memory, dropped with the run.
     """
 
     mode: str = "auto"
     budget_mb: int = 1024
     views: int = 2
     dtype: str = "auto"
+    dir: str | None = None
 
     def problems(self) -> list[str]:
         """Every bad value, ``"field: message"`` each (empty when valid)."""
@@ -258,6 +262,8 @@ class CacheOptions:
         _choice(out, "dtype", self.dtype, CACHE_DTYPES)
         _at_least(out, "views", self.views, 1)
         _at_least(out, "budget_mb", self.budget_mb, 0)
+        if self.dir is not None and Path(self.dir).is_file():
+            out.append(f"dir: {self.dir} is a file, not a folder")
         return out
 
 
@@ -492,6 +498,7 @@ RESUME_IGNORED = frozenset(
         "cache.budget_mb",
         "cache.views",
         "cache.dtype",
+        "cache.dir",
     }
 )
 

@@ -52,13 +52,17 @@ from torch import nn
 
 __all__ = [
     "all_equal_across_ranks",
+    "all_gather_rows",
     "all_sum",
     "broadcast_object",
     "free_port",
     "gather_objects",
     "init_from_env",
     "is_distributed",
+    "rank_and_world",
     "replicas_agree",
+    "shard_bounds",
+    "unhook_ddp",
     "unwrap_ddp",
     "wrap_ddp",
 ]
@@ -112,13 +116,23 @@ def wrap_ddp(module: nn.Module, old: nn.Module | None = None, **ddp_kwargs: Any)
         >>> wrap_ddp(m, find_unused_parameters=True) is m  # single process
         True
     """
-    if isinstance(old, nn.parallel.DistributedDataParallel) and hasattr(
-        old, "_remove_autograd_hooks"
-    ):
-        old._remove_autograd_hooks()
+    if old is not None:
+        unhook_ddp(old)
     if not is_distributed() or not any(p.requires_grad for p in module.parameters()):
         return module
     return nn.parallel.DistributedDataParallel(module, **ddp_kwargs)
+
+
+def unhook_ddp(wrapper: nn.Module) -> None:
+    """Remove a DistributedDataParallel wrapper's gradient hooks (no-op for other modules).
+
+    Example:
+        >>> unhook_ddp(torch.nn.Linear(2, 2))
+    """
+    if isinstance(wrapper, nn.parallel.DistributedDataParallel) and hasattr(
+        wrapper, "_remove_autograd_hooks"
+    ):
+        wrapper._remove_autograd_hooks()
 
 
 def free_port() -> int:
@@ -252,3 +266,66 @@ def gather_objects(value: T) -> list[T]:
     box: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(box, value)
     return box
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the process group, ``(0, 1)`` without one.
+
+    Example:
+        >>> rank_and_world()
+        (0, 1)
+    """
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of ``n`` that ``rank`` owns: contiguous blocks of ``ceil(n / world)``.
+
+    Example:
+        >>> [shard_bounds(5, r, 2) for r in range(2)]
+        [(0, 3), (3, 5)]
+    """
+    per = -(-n // world)
+    return min(rank * per, n), min((rank + 1) * per, n)
+
+
+def all_gather_rows(full: torch.Tensor, piece_bytes: int = 64 * 2**20) -> None:
+    """Fill every rank's ``full`` with the rows each rank owns (:func:`shard_bounds`), in place.
+
+    Rank ``r`` has written rows ``shard_bounds(len(full), r, world)`` of ``full``; after
+    the call every rank holds all rows. Rows travel as raw bytes (any dtype; gloo lacks
+    bfloat16), in pieces of about ``piece_bytes`` per rank so that a large CPU (or
+    memory-mapped) tensor is never copied whole to the collective device.
+
+    Example:
+        >>> t = torch.arange(4.0)
+        >>> all_gather_rows(t); t.tolist()  # one process: nothing to gather
+        [0.0, 1.0, 2.0, 3.0]
+    """
+    rank, world = rank_and_world()
+    n = int(full.shape[0])
+    if world == 1 or n == 0:
+        return
+    row_bytes = max(full[0].numel() * full.element_size(), 1)
+    raw = (
+        full.view(n, -1).view(torch.uint8) if full.dim() > 1 else full.view(n, 1).view(torch.uint8)
+    )
+    per = -(-n // world)
+    step = max(1, piece_bytes // row_bytes)
+    device = _collective_device()
+    for offset in range(0, per, step):
+        k = min(step, per - offset)
+        lo, hi = shard_bounds(n, rank, world)
+        a, b = min(lo + offset, hi), min(lo + offset + k, hi)
+        send = torch.zeros(k, raw.shape[1], dtype=torch.uint8, device=device)
+        send[: b - a] = raw[a:b].to(device)
+        pieces = [torch.empty_like(send) for _ in range(world)]
+        dist.all_gather(pieces, send)
+        for r, piece in enumerate(pieces):
+            if r == rank:
+                continue
+            rlo, rhi = shard_bounds(n, r, world)
+            ra, rb = min(rlo + offset, rhi), min(rlo + offset + k, rhi)
+            raw[ra:rb] = piece[: rb - ra].to(raw.device)

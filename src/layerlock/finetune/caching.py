@@ -7,7 +7,7 @@ whether the locked groups ``[0, b)`` are served from a
 what was decided and logs one line why (stderr, ``cache.jsonl``, the summary). Never
 cached: ``cache.mode=off``, ``b == 0``, a model without a split
 (:func:`layerlock.split.split_model`), a random prefix in training mode (dropout /
-drop-path with p > 0, BatchNorm without ``freeze_bn_stats``), DistributedDataParallel.
+drop-path with p > 0, BatchNorm without ``freeze_bn_stats``).
 
 A cached epoch trains the suffix on stored features in exactly the batches the image
 loader would give (same :class:`~layerlock.finetune.reproducible.EpochOrder`), so a
@@ -20,6 +20,19 @@ budget. Filling never moves the run's random streams and decisions depend on the
 only, so resuming a cached run is as exact as an uncached one. Caches live in memory and
 are dropped when the boundary moves or the run ends; a change of the locked weights,
 BatchNorm buffers or preprocessing refills them.
+
+With ``cache.dir`` the training features go to disk instead (one checked, atomically
+published file per cache key: :mod:`layerlock.cache_file`) and a later run, or another
+schedule of a ``compare``, whose key matches (same boundary, locked weights, preprocessing,
+training images, seed and view) reuses them without a fill: the head-only stage of
+``lp`` and of ``lp-ft`` share one file. A corrupt or partial file is filled again.
+
+Under DistributedDataParallel each rank fills a contiguous block of the training set and
+the blocks are exchanged (every rank then holds all features, for the order
+:class:`~layerlock.finetune.reproducible.EpochOrder` gives it), so a fill takes about
+``1 / world`` of the time; each rank fills the evaluation features of its own share. The
+cached suffix trains through its own DDP wrapper: its gradients are averaged like the
+uncached model's, and the decisions are rank 0's, so every rank fills the same caches.
 """
 
 from __future__ import annotations
@@ -33,10 +46,12 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from .. import distributed
 from ..cache import FeatureCache, prefix_output
 from ..cache_policy import StageCachePlan, describe_bytes, plan_stage
 from ..config import CacheOptions
 from ..data import dataset_len
+from ..data.identity import dataset_digest
 from ..devices import autocast
 from ..lock import frozen_bn_modules
 from ..split import Split, split_model, split_reason
@@ -131,6 +146,8 @@ class _StageCaches:
     split: Split | None = None
     train: list[FeatureCache] = field(default_factory=list)
     val: FeatureCache | None = None
+    #: The suffix's DDP wrapper (built at the stage's first cached epoch, multi-rank only).
+    ddp: nn.Module | None = None
 
 
 class JobCaches:
@@ -184,6 +201,7 @@ class JobCaches:
         self.records: list[dict[str, Any]] = []
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.fill_s = 0.0  # fill time since the last epoch row
+        self._digests: dict[str, str] = {}
         choice = options.dtype
         if choice == "auto":
             choice = "bfloat16" if device.type == "cuda" else "float16"
@@ -195,7 +213,7 @@ class JobCaches:
     def begin_epoch(self, epoch: int, first_step: int) -> None:
         """Decide (once per stage), check the caches are still valid, fill them."""
         plan = self.unfreezer.plan
-        ei = plan.event_index(min(first_step, plan.total_steps - 1))
+        ei = self.unfreezer.event_at(first_step)
         if self.stage is not None and self.stage.index == ei:
             # the views share the split and the preprocessing: checking one checks all
             val = [self.stage.val] if self.stage.val is not None else []
@@ -204,7 +222,7 @@ class JobCaches:
             )
             if stale is None:
                 return
-            self.stage = None
+            self._drop()
             self.stage = self._decide(ei, epoch, first_step, f"refilled: {stale}")
             return
         dropped = None
@@ -213,17 +231,14 @@ class JobCaches:
                 f"dropped the group-{self.stage.boundary} cache: the boundary moved "
                 f"(unlock at step {plan.events[ei].step})"
             )
-        self.stage = None  # free the old features before filling new ones
+        self._drop()  # free the old features before filling new ones
         self.stage = self._decide(ei, epoch, first_step, dropped)
 
     def _blocked(self, boundary: int, split: Split | None) -> str | None:
         """Why no prefix of this stage can be cached (the mechanism's facts), or None."""
         groups = self.unfreezer.groups
-        if self.world > 1:
-            return (
-                "DistributedDataParallel: a cached suffix would bypass its gradient "
-                "averaging; training uncached"
-            )
+        if self.unfreezer.sharded:
+            return "FSDP2: the locked prefix is sharded; training uncached"
         if boundary == 0:
             return "nothing is locked below the lowest trainable group (boundary 0)"
         if boundary >= len(groups):
@@ -242,7 +257,7 @@ class JobCaches:
         )
         boundary = min(event.trainable) if event.trainable else len(groups)
         split = None
-        if mode != "off" and self.world == 1 and 0 < boundary < len(groups):
+        if mode != "off" and not self.unfreezer.sharded and 0 < boundary < len(groups):
             split = split_model(self.unfreezer.base, groups, boundary)
         stage_epochs = (end - start) / self.spe
         evals = end // self.spe - start // self.spe
@@ -263,6 +278,8 @@ class JobCaches:
             deterministic=self.deterministic,
             views=self.options.views,
         )
+        # rank 0 decides for all: the fills are collective (sizes may differ by a sample)
+        decided = distributed.broadcast_object(decided)
         stage = _StageCaches(ei, boundary, split if decided.blocked is None else None)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -280,7 +297,11 @@ class JobCaches:
         if note:
             record["note"] = note
         fill = self._fill_stage(stage, decided) if decided.blocked is None else 0.0
+        built = stage.train + ([stage.val] if stage.val is not None else [])
         record.update(
+            fills=sum(not c.reused for c in built),
+            reused=sum(c.reused for c in built),
+            rejected="; ".join(c.rejected for c in built if c.rejected),
             train_cached=bool(stage.train),
             eval_cached=stage.val is not None,
             views=len(stage.train),
@@ -341,8 +362,12 @@ class JobCaches:
             )
         if inputs:
             line += f"; eval {inputs}"
-        if record["train_cached"] or record["eval_cached"]:
+        if record["reused"]:
+            line += f"; {record['reused']} cache(s) reused from {self.options.dir} (no fill)"
+        if record["fills"]:
             line += f"; filled {describe_bytes(record['bytes'])} in {record['fill_s']:.2f} s"
+        if record.get("rejected"):
+            line += f" (a file in {self.options.dir} was rebuilt: {record['rejected']})"
         if note:
             line += f" ({note})"
         return line
@@ -409,19 +434,34 @@ class JobCaches:
         else:
             dataset = SeededSamples(self.train_set, self.seed)
             dataset.epoch = view  # view v = the augmentation the uncached run draws in epoch v
-            key = f"train:{len(dataset)}:seed {self.seed}:view {view}/{views}"
+            # view v's content does not depend on how many views are kept
+            key = f"train:{len(dataset)}:seed {self.seed}:view {view}"
+        where = self.options.dir
+        if where is not None:  # on disk, the key must name the images, not just count them
+            key += f":data {self._digest(view is None)}"
         return FeatureCache(
             split,
             dataset,
             dtype=self.store,
             budget_bytes=2**62,  # checked by the decision, for all caches together
+            storage="memory" if where is None else "mmap",
+            dir=where,
             views=1,
             batch_size=self.batch_size,
             num_workers=self.workers,
             seed=self.seed,
             dataset_key=key,
             device=self.device,
+            # each rank evaluates its own share; the training set is filled by all ranks
+            across_ranks=view is not None and self.world > 1,
         )
+
+    def _digest(self, val: bool) -> str:
+        """Digest of the training images or of this rank's evaluation images (computed once)."""
+        name = "val" if val else "train"
+        if name not in self._digests:
+            self._digests[name] = dataset_digest(self.val_set if val else self.train_set)
+        return self._digests[name]
 
     # -- serving -------------------------------------------------------------------------
     def train_epoch(self, epoch: int, first_step: int) -> bool:
@@ -431,7 +471,8 @@ class JobCaches:
             return False
         plan = self.unfreezer.plan
         last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
-        return plan.event_index(min(first_step, last)) == plan.event_index(last) == stage.index
+        event_at = self.unfreezer.event_at
+        return event_at(min(first_step, last)) == event_at(last) == stage.index
 
     def train_batches(self, epoch: int, order: EpochOrder) -> Iterator[tuple[Any, Any]]:
         """The epoch's batches (same samples, same order as the image loader) as features."""
@@ -443,9 +484,23 @@ class JobCaches:
             yield served[indices[i : i + self.batch_size]]
 
     def suffix(self) -> nn.Module:
-        """The module that trains on cached features (the split's suffix)."""
-        assert self.stage is not None and self.stage.split is not None
-        return _Suffix(self.stage.split)
+        """The module that trains on cached features (the split's suffix).
+
+        Under DDP, its own DistributedDataParallel wrapper (built once per stage, on every
+        rank at the same epoch): the suffix's trainable parameters are all the model's
+        trainable parameters, so averaging their gradients keeps the replicas identical,
+        as the model's wrapper does in uncached epochs.
+        """
+        stage = self.stage
+        assert stage is not None and stage.split is not None
+        if self.world == 1:
+            return _Suffix(stage.split)
+        if stage.ddp is None:
+            kwargs: dict[str, Any] = {}
+            if self.device.type == "cuda":
+                kwargs["device_ids"] = [self.device.index]
+            stage.ddp = distributed.wrap_ddp(_Suffix(stage.split), **kwargs)
+        return stage.ddp
 
     def evaluate(self, epoch: int, evaluate: Evaluate) -> tuple[dict[str, Any] | None, str]:
         """Evaluate from the cached features (still valid) or the kept images.
@@ -466,7 +521,7 @@ class JobCaches:
             return None, ""
         plan = self.unfreezer.plan
         last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
-        if plan.event_index(last) != stage.index and stage.val.stale_reason() is not None:
+        if self.unfreezer.event_at(last) != stage.index and stage.val.stale_reason() is not None:
             return None, ""  # groups of the prefix were unlocked and trained during the epoch
         # a DataLoader, like the image loader, so that both draw the same random numbers
         loader = self._batches(_FeatureBatches(stage.val))
@@ -502,4 +557,9 @@ class JobCaches:
 
     def close(self) -> None:
         """Drop the caches."""
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.stage is not None and self.stage.ddp is not None:
+            distributed.unhook_ddp(self.stage.ddp)
         self.stage = None
