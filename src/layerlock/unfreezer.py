@@ -189,6 +189,8 @@ class Unfreezer:
         self._event_index: int | None = None
         self._trainable: frozenset[int] | None = None
         self._since: dict[int, int] = {}
+        self.held_at: int | None = None
+        self.lr_scale = 1.0
         self._param_ids: dict[int, list[torch.Tensor]] = {
             g.index: list(g.params) for g in self.groups
         }
@@ -296,8 +298,7 @@ class Unfreezer:
                 raise ConfigError(f"step must be an int >= 0, got {step!r}")
             self.global_step = step
         changed = False
-        # past the last step nothing trains any more: keep the last step's state
-        at = min(self.global_step, self.plan.total_steps - 1)
+        at = self._effective_step(self.global_step)
         ei = self.plan.event_index(at)
         if ei != self._event_index:
             event = self.plan.events[ei]
@@ -309,6 +310,53 @@ class Unfreezer:
         if self.manage_lr:
             self._set_lrs()
         return changed
+
+    def _effective_step(self, step: int) -> int:
+        # past the last step nothing trains any more: keep the last step's state;
+        # after hold(), later unlock events do not apply
+        at = min(step, self.plan.total_steps - 1)
+        return at if self.held_at is None else min(at, self.held_at)
+
+    def event_at(self, step: int) -> int:
+        """Index of the plan's event in force at ``step``, as this Unfreezer applies it.
+
+        Equal to ``plan.event_index(step)`` unless :meth:`hold` stopped the schedule.
+
+        Example:
+            >>> import torch
+            >>> u = Unfreezer(torch.nn.Linear(2, 2), "full", epochs=1, steps_per_epoch=3)
+            >>> u.event_at(2)
+            0
+        """
+        return self.plan.event_index(self._effective_step(max(step, 0)))
+
+    def hold(self, lr_factor: float = 1.0, step: int | None = None) -> None:
+        """Keep the groups of ``step`` trainable for the rest of the run, and scale the LRs.
+
+        ``step`` defaults to the last step trained (``global_step - 1``): an unlock that
+        :meth:`step` already applied for the next step is taken back. Later unlock (or lock)
+        events of the schedule no longer apply; the LR formula goes on, multiplied by
+        ``lr_factor`` (cumulative over calls). Saved in :meth:`state_dict`. The retention
+        guard of ``layerlock finetune`` uses it.
+
+        Example:
+            >>> import torch
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+            >>> u = Unfreezer(model, "0:1, 1:all", epochs=2, steps_per_epoch=1)
+            >>> u.step()  # step 1 is epoch 1: everything unlocked for it
+            >>> u.trainable_groups()
+            ['0', '1']
+            >>> u.hold(lr_factor=0.5)  # back to what step 0 trained, for good
+            >>> u.step(); u.trainable_groups(), u.lr_scale
+            (['1'], 0.5)
+        """
+        if not lr_factor > 0:
+            raise ConfigError(f"lr_factor must be > 0, got {lr_factor!r}")
+        at = min(max(self.global_step - 1, 0) if step is None else step, self.plan.total_steps - 1)
+        # a second hold never moves the held point forward
+        self.held_at = at if self.held_at is None else min(self.held_at, at)
+        self.lr_scale *= lr_factor
+        self.sync()
 
     def step(self) -> None:
         """``optimizer.step()``, clear gradients (set to None), advance one step, :meth:`sync`."""
@@ -325,9 +373,10 @@ class Unfreezer:
             lg = layer_group_of(name)
             gi = self._index[lg]
             if gi in self._since:
-                pg["lr"] = self.lr_schedule.group_lr(t, self.multipliers[lg], self._since[gi])
+                lr = self.lr_schedule.group_lr(t, self.multipliers[lg], self._since[gi])
+                pg["lr"] = self.lr_scale * lr
             elif keep_nd and name.endswith(NO_DECAY_SUFFIX):
-                pg["lr"] = self.lr_schedule.group_lr(t, self.multipliers[lg], None)
+                pg["lr"] = self.lr_scale * self.lr_schedule.group_lr(t, self.multipliers[lg], None)
             else:
                 pg["lr"] = 0.0
 
@@ -376,6 +425,8 @@ class Unfreezer:
             if self.sharded
             else self.optimizer.state_dict(),
             "optimizer_groups": [pg.get("name") for pg in self.optimizer.param_groups],
+            "held_at": self.held_at,
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -406,6 +457,9 @@ class Unfreezer:
             shard_optimizer_state(self.optimizer)
         self._event_index = None
         self._trainable = None
+        held = state.get("held_at")
+        self.held_at = None if held is None else int(held)
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         self.sync(int(state["global_step"]))
 
     def _load_optimizer(self, saved: dict[str, Any], saved_names: list[Any] | None) -> None:

@@ -39,9 +39,10 @@ from ..run_lock import RunDirBusyError, RunLock
 from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, fresh_dir, load_run_config
 from ..schedule import UnlockEvent
 from ..unfreezer import Unfreezer
-from .caching import CACHE_LOG_FILE, JobCaches
+from .caching import CACHE_LOG_FILE
 from .control import Progress, StopFlag
 from .reproducible import EpochOrder, SeededSamples, rng_state, seed_everything, set_rng_state
+from .retention import START_FILE, Retention
 from .state import EpochTracker, RunResult
 from .summary import PER_CLASS_FILE
 from .task import make_task
@@ -186,6 +187,7 @@ class FinetuneRecipe:
             ds.transform = tf  # type: ignore[attr-defined]
             ds.mode = self.transforms.mode  # type: ignore[attr-defined]
         model.to(self.device)
+        self.task.check_output(model, self.data.val, self.device)  # before anything is written
 
     def _setup_loaders(self) -> None:
         """Training order (a function of seed, epoch and rank) and the two DataLoaders."""
@@ -235,9 +237,9 @@ class FinetuneRecipe:
         ddp_kwargs: dict[str, Any] = {}
         if self.device.type == "cuda" and self.world > 1:
             ddp_kwargs["device_ids"] = [self.device.index]
-        self.unfreezer = Unfreezer(
+        self.unfreezer = self.task.make_unfreezer(
             self.model,
-            self.config.unfreeze,
+            self.config,
             epochs=self.config.run.epochs,
             steps_per_epoch=self.steps_per_epoch,
             groups=self.groups,
@@ -251,9 +253,26 @@ class FinetuneRecipe:
             path = self._claim_run_dir()
         self.run_path = Path(distributed.broadcast_object(str(path)))
         self.run = RunDir(self.run_path, rank=self.rank)
+        self.retention = Retention(
+            self.config.retain,
+            self.task.best_metric,
+            self.model,
+            self.unfreezer,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.config.run.epochs,
+            log=self._log_event,
+            save_start=self._save_start,
+        )
         if self.checkpoint is not None:
             self._check_same_data()
-            self._restore(self.checkpoint)
+            try:
+                self._restore(self.checkpoint)
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                why = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+                raise LayerlockError(
+                    f"cannot resume {self.run_path}: its checkpoint is damaged or belongs to "
+                    f"another model ({type(exc).__name__}: {why}); start a new run"
+                ) from exc
         else:
             resolved = self.config.to_dict()
             resolved["run"]["out_dir"] = str(self.run_path)
@@ -335,7 +354,7 @@ class FinetuneRecipe:
 
     def _setup_caches(self) -> None:
         t = self.transforms
-        self.caches = JobCaches(
+        self.caches = self.task.job_caches(
             self.config.cache,
             self.unfreezer,
             self.data.train,
@@ -368,15 +387,16 @@ class FinetuneRecipe:
         interrupted = False
         with StopFlag() as self.stop:
             try:
+                self.retention.before_training()
                 if self.eval_at_start and not self.tracker.baseline:
-                    self.evaluate(-1)  # epoch 0: the starting point
+                    self.retention.after_evaluation(0, self.evaluate(-1))  # the starting point
                     self.save_checkpoint()
                 while self.tracker.evaluated < self.config.run.epochs:
                     epoch = self.tracker.evaluated
                     if self.train_epoch(epoch):
                         interrupted = True
                         break
-                    self.evaluate(epoch)
+                    self.retention.after_evaluation(epoch + 1, self.evaluate(epoch))
                     self.save_checkpoint()
             except KeyboardInterrupt:
                 interrupted = True
@@ -385,6 +405,8 @@ class FinetuneRecipe:
                 self.caches.close()
         if interrupted:
             self.save_checkpoint()
+        else:
+            self.retention.finish()
         return self.summarise(interrupted)
 
     def train_epoch(self, epoch: int) -> bool:
@@ -518,6 +540,7 @@ class FinetuneRecipe:
                 "model": self.model.state_dict(),
                 "unfreezer": self.unfreezer.state_dict(),
                 "rng": rngs,
+                "retention": self.retention.state_dict(),
                 **self.tracker.dump(self._elapsed()),
             }
         )
@@ -526,6 +549,7 @@ class FinetuneRecipe:
         self.model.load_state_dict(checkpoint["model"])
         self.unfreezer.load_state_dict(checkpoint["unfreezer"])
         self.tracker.load(checkpoint)
+        self.retention.load_state_dict(checkpoint.get("retention", {}))
         rngs = checkpoint["rng"]
         set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
 
@@ -553,7 +577,9 @@ class FinetuneRecipe:
                 "schedule": self.config.unfreeze.schedule,
             }
             self.run.save_weights(self.model, MODEL_FILE, metadata=metadata)
-        self.run.write_json(SUMMARY_FILE, {**result.to_dict(), "notes": self.notes})
+        skipped = {k: [list(e) for e in v[:1000]] for k, v in self.data.skipped.items()}
+        summary = {**result.to_dict(), "skipped_files": skipped, "notes": self.notes}
+        self.run.write_json(SUMMARY_FILE, summary)
         self.run.write_csv(
             PER_CLASS_FILE,
             [{"class": c, "accuracy": a} for c, a in result.per_class.items()],
@@ -574,6 +600,16 @@ class FinetuneRecipe:
     def _elapsed(self) -> float:
         start = getattr(self, "session_start", time.perf_counter())
         return self.tracker.elapsed + time.perf_counter() - start
+
+    def _log_event(self, label: str) -> None:
+        self.notes.append(label)
+        self.logger.log_event(self.unfreezer.global_step, self._epoch_now(), label)
+        if self.rank == 0:
+            print(f"layerlock finetune: {label}", file=sys.stderr, flush=True)
+
+    def _save_start(self, weights: dict[str, torch.Tensor], epoch: int) -> None:
+        """WiSE-FT's start weights (``start.safetensors``), with the epoch they are from."""
+        self.run.save_weights(weights, START_FILE, metadata={"epoch": epoch})
 
     def _on_unlock(self, event: UnlockEvent) -> None:
         self.live = {"trainable": _trainable(self.model), "groups": len(self.unfreezer.trainable)}
