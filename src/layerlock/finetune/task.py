@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import FinetuneConfig
+from ..config import CacheOptions, FinetuneConfig
 from ..data import TrainVal, Transforms, load_train_val, model_transforms, open_clip_preprocess
 from ..data.evalsets import load_eval_set, parse_eval_sets
 from ..devices import autocast
@@ -38,6 +38,8 @@ from ..distributed import all_sum
 from ..errors import ConfigError, LayerlockError
 from ..groups import LayerGroups
 from ..models import OpenCLIPClassifier, build_classifier, classifier_logits
+from ..unfreezer import Unfreezer
+from .caching import JobCaches
 from .state import EpochTracker, RunResult
 
 __all__ = [
@@ -135,9 +137,48 @@ class Task(ABC):
             for name, source in sources.items()
         }
 
+    def make_unfreezer(
+        self,
+        model: nn.Module,
+        config: FinetuneConfig,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        groups: LayerGroups | None,
+        ddp_kwargs: dict[str, Any],
+    ) -> Unfreezer:
+        """The run's Unfreezer: ``config.unfreeze`` over every group (a task may steer towers)."""
+        return Unfreezer(
+            model,
+            config.unfreeze,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            groups=groups,
+            ddp_kwargs=ddp_kwargs,
+        )
+
+    def job_caches(
+        self,
+        options: CacheOptions,
+        unfreezer: Unfreezer,
+        train_set: Dataset,
+        val_set: Dataset,
+        **kwargs: Any,
+    ) -> JobCaches:
+        """The run's feature caches (the locked prefix's; a task may cache other parts)."""
+        return JobCaches(options, unfreezer, train_set, val_set, **kwargs)
+
     def forward(self, net: nn.Module, inputs: Any, targets: Any) -> BatchStats:
         """Run ``net`` on a training batch and score it (the recipe calls it under autocast)."""
         return self.batch(net(inputs), targets)
+
+    def check_output(self, model: nn.Module, dataset: Dataset, device: torch.device) -> None:
+        """Check, before training, that ``model`` runs on one item of ``dataset``.
+
+        The default does nothing; a task whose output must have a shape checks it here,
+        so that a bad model fails in one line before the run directory is written.
+        """
+        return None
 
     @abstractmethod
     def batch(self, output: Any, target: torch.Tensor) -> BatchStats:
@@ -219,6 +260,38 @@ class ClassificationTask(Task):
             prompt=m.prompt,
         )
 
+    def check_output(self, model: nn.Module, dataset: Dataset, device: torch.device) -> None:
+        """One evaluation image through ``model``: it must give ``len(classes)`` logits.
+
+        Raises:
+            LayerlockError: The model cannot take an image batch (a text-only model), or
+                gives another number of outputs than there are classes.
+        """
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            return
+        x = dataset[0][0]
+        if not isinstance(x, torch.Tensor):
+            return
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                output = model.eval()(x.unsqueeze(0).to(device))
+        except Exception as exc:  # any model code: report it as one line
+            text = str(exc).splitlines()[0][:160] if str(exc) else "no message"
+            raise LayerlockError(
+                f"the model cannot classify images: a batch of shape {tuple(x.unsqueeze(0).shape)} "
+                f"raised {type(exc).__name__}: {text} (is it an image model?)"
+            ) from exc
+        finally:
+            for m, training in modes:
+                m.training = training
+        logits = classifier_logits(output)
+        if logits.ndim != 2 or logits.shape[-1] != len(self.classes):
+            raise LayerlockError(
+                f"the model gives outputs of shape {tuple(logits.shape)} per batch of 1 but the "
+                f"data has {len(self.classes)} classes; its head must have {len(self.classes)} outputs"
+            )
+
     def batch(self, output: Any, target: torch.Tensor) -> BatchStats:
         logits = classifier_logits(output).float()
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
@@ -290,8 +363,17 @@ class ClassificationTask(Task):
         result.per_class = {c: float(a) for c, a in zip(self.classes, per_class)}
 
 
-TASKS: dict[str, type[ClassificationTask]] = {"classify": ClassificationTask}
-"""Task name (``task=``) -> its class; each has ``from_config(config)``."""
+def _contrastive_task(config: FinetuneConfig) -> Task:
+    from .contrastive import ContrastiveTask  # imports this module: loaded when chosen
+
+    return ContrastiveTask.from_config(config)
+
+
+TASKS: dict[str, Callable[[FinetuneConfig], Task]] = {
+    "classify": ClassificationTask.from_config,
+    "clip": _contrastive_task,
+}
+"""Task name (``task=``) -> the function that builds it from a config."""
 
 
 def make_task(config: FinetuneConfig) -> Task:
@@ -306,7 +388,7 @@ def make_task(config: FinetuneConfig) -> Task:
         'classify'
     """
     try:
-        kind = TASKS[config.task]
+        build = TASKS[config.task]
     except KeyError:
         raise ConfigError(f"task {config.task!r} is not one of {', '.join(TASKS)}") from None
-    return kind.from_config(config)
+    return build(config)
