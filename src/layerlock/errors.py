@@ -6,13 +6,16 @@ type they refine, so ``except KeyError`` keeps working for lookups.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable, Sequence
+import errno
+from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = [
     "ConfigError",
     "LayerlockError",
     "MissingDependencyError",
+    "OutputError",
     "PartitionError",
     "ScheduleError",
     "UnknownGroupError",
@@ -50,6 +53,31 @@ class UnknownModelError(LayerlockError, ValueError):
 
 class MissingDependencyError(LayerlockError, ImportError):
     """An optional dependency that a feature needs is not installed."""
+
+
+class OutputError(LayerlockError, OSError):
+    """A run directory or output file that cannot be written (read-only, full, too long)."""
+
+
+@contextlib.contextmanager
+def output_errors(folder: object) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing into ``folder`` into one :class:`OutputError` line.
+
+    Example:
+        >>> with output_errors("/proc/x"):
+        ...     open("/proc/x/y", "w")
+        Traceback (most recent call last):
+        ...
+        layerlock.errors.OutputError: cannot write in /proc/x: No such file or directory (ENOENT)
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "")
+        why = (exc.strerror or str(exc) or type(exc).__name__) + (f" ({code})" if code else "")
+        raise OutputError(f"cannot write in {folder}: {why}") from exc
 
 
 def suggest(value: str, choices: Iterable[str], n: int = 3) -> str:

@@ -19,9 +19,24 @@ from torch import nn
 
 from .adapters import MODEL_LEVEL, GroupSpec, select_adapter
 from .adapters.matcher import matcher_groups
-from .errors import LayerlockError, PartitionError, UnknownGroupError, abbreviate, suggest
+from .errors import (
+    ConfigError,
+    LayerlockError,
+    PartitionError,
+    UnknownGroupError,
+    abbreviate,
+    shorten,
+    suggest,
+)
 
-__all__ = ["GroupSelector", "LayerGroup", "LayerGroups", "layer_groups", "unwrap"]
+__all__ = [
+    "GroupSelector",
+    "LayerGroup",
+    "LayerGroups",
+    "layer_groups",
+    "require_module",
+    "unwrap",
+]
 
 #: What ``LayerGroups.select`` and ``lock(groups=...)`` accept: an index (negative counts
 #: from the top), a name, a glob pattern, a slice, a string spec ``"0,3:5,blocks.*"``, or a
@@ -290,6 +305,22 @@ class LayerGroups(Sequence[LayerGroup]):
         ]
 
 
+def require_module(model: object) -> None:
+    """Raise :class:`~layerlock.errors.ConfigError` unless ``model`` is a ``torch.nn.Module``.
+
+    Example:
+        >>> require_module("resnet18")
+        Traceback (most recent call last):
+        ...
+        layerlock.errors.ConfigError: expected a torch.nn.Module, got str 'resnet18'; build the model first (layerlock.models.build_model)
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"expected a torch.nn.Module, got {type(model).__name__} {shorten(model, 40)}; "
+            "build the model first (layerlock.models.build_model)"
+        )
+
+
 def layer_groups(
     model: nn.Module,
     coarse: bool = False,
@@ -318,6 +349,7 @@ def layer_groups(
         The groups as a :class:`LayerGroups` sequence.
 
     Raises:
+        ConfigError: When ``model`` is not a ``torch.nn.Module``.
         LayerlockError: When the model has no parameters or the adapter name is unknown.
         PartitionError: When the adapter's groups are not a partition (a bug).
 
@@ -327,6 +359,7 @@ def layer_groups(
         >>> groups.names[0], groups.names[-1], len(groups)
         ('stem', 'head', 8)
     """
+    require_module(model)
     base = unwrap(model)
     named = dict(base.named_parameters())
     if not named:

@@ -23,7 +23,7 @@ from torch import nn
 
 from .adapters import MODEL_LEVEL
 from .errors import ConfigError, abbreviate, suggest
-from .groups import GroupSelector, LayerGroups, layer_groups, unwrap
+from .groups import GroupSelector, LayerGroups, layer_groups, require_module, unwrap
 
 __all__ = [
     "GroupState",
@@ -231,7 +231,8 @@ def lock(
         A :class:`LockReport` (prints as one line, renders as a table with rich).
 
     Raises:
-        ConfigError: Negative or non-integer k, both k and groups, an unknown tower.
+        ConfigError: Negative or non-integer k, both k and groups, an unknown tower, a
+            model that is not a torch.nn.Module.
         UnknownGroupError: A selection that matches nothing.
 
     Example:
@@ -242,6 +243,7 @@ def lock(
         >>> lock(model, groups="blocks.0").trainable_groups
         ['blocks.0']
     """
+    require_module(model)
     if unlocked_groups is not None and groups is not None:
         raise ConfigError(
             "give either unlocked_groups=k (the last k groups train) or groups=... "

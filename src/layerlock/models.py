@@ -172,8 +172,17 @@ def _hf(
     from transformers import AutoConfig
 
     local = Path(name)
+    if local.is_file():
+        raise ConfigError(
+            f"model spec {spec!r}: {name} is a file; pass the folder holding config.json"
+        )
     try:
         if local.is_dir():
+            if not (local / "config.json").is_file():
+                raise ConfigError(
+                    f"model spec {spec!r}: folder {name} has no config.json "
+                    "(a Hugging Face model folder is written by save_pretrained)"
+                )
             config = AutoConfig.from_pretrained(str(local), **kw)
         elif pretrained:
             config = AutoConfig.from_pretrained(name, **kw)
@@ -183,9 +192,17 @@ def _hf(
             if name not in CONFIG_MAPPING:
                 raise _unknown("hf (model type)", name, list(CONFIG_MAPPING.keys()))
             config = CONFIG_MAPPING[name](**kw)
-    except UnknownModelError:
+    except (UnknownModelError, ConfigError):
         raise
+    except ValueError as exc:  # transformers: a config.json without a known model_type
+        text = str(exc).splitlines()[0][:200] if str(exc) else "no message"
+        raise ConfigError(
+            f"model spec {spec!r}: its config.json names no model type transformers knows "
+            f'(set "model_type", e.g. "vit"): {text}'
+        ) from exc
     except OSError as exc:
+        if local.is_dir():
+            raise ConfigError(f"model spec {spec!r}: cannot read folder {name}: {exc}") from exc
         raise _network_error(spec, exc) from exc
     if num_classes is not None:
         config.num_labels = num_classes
@@ -226,31 +243,74 @@ def _module(
         )
     if path.endswith(".py"):
         file = Path(path)
+        if file.is_dir():
+            raise ConfigError(f"model spec {spec!r}: {path} is a folder, not a .py file")
         if not file.is_file():
             raise ConfigError(f"model spec {spec!r}: no such file {path!r}")
         mod_name = f"_layerlock_user_{file.stem}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, file)
-        assert loader_spec is not None and loader_spec.loader is not None
+        if loader_spec is None or loader_spec.loader is None:
+            raise ConfigError(f"model spec {spec!r}: cannot load {path} as a Python module")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[mod_name] = module
-        loader_spec.loader.exec_module(module)
+        with _user_code(spec, f"importing {path}"):
+            loader_spec.loader.exec_module(module)
     else:
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
-            module = importlib.import_module(path)
+            with _user_code(spec, f"importing {path}"):
+                module = importlib.import_module(path)
         except ModuleNotFoundError as exc:
             raise ConfigError(f"model spec {spec!r}: cannot import {path!r} ({exc})") from exc
     fn = getattr(module, factory, None)
     if not callable(fn):
         public = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
         raise _unknown(f"factory in {path}", factory, public)
+    if num_classes is not None and not _accepts(fn, "num_classes"):
+        raise ConfigError(
+            f"model spec {spec!r}: {factory}() takes no num_classes argument; a job calls "
+            f"{factory}(num_classes=N): add the parameter (and size the head with it)"
+        )
     if num_classes is not None:
         kw["num_classes"] = num_classes
-    model = fn(**kw)
+    with _user_code(spec, f"calling {factory}()"):
+        model = fn(**kw)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` can be called with the keyword ``name`` (unknown signatures: yes)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+@contextlib.contextmanager
+def _user_code(spec: str, doing: str) -> Iterator[None]:
+    """Report an exception of user code (a model factory, its module) as one line."""
+    try:
+        yield
+    except LayerlockError:
+        raise
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"model spec {spec!r}: syntax error {doing}: {exc.msg} "
+            f"({Path(exc.filename or '?').name} line {exc.lineno})"
+        ) from exc
+    except ModuleNotFoundError:
+        raise
+    except Exception as exc:  # the factory is user code: any exception is possible
+        text = str(exc).splitlines()[0][:160] if str(exc) else "no message"
+        raise LayerlockError(
+            f"model spec {spec!r}: {doing} raised {type(exc).__name__}: {text}"
+        ) from exc
 
 
 # -- classifiers --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import socket
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import LayerlockError
+from .errors import LayerlockError, output_errors
 
 __all__ = ["LOCK_FILE", "RunDirBusyError", "RunLock"]
 
@@ -56,21 +56,27 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunDirBusyError` naming the owner."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # pragma: no cover - Windows
-            self._acquire_by_pid()
-            return self
-        f = self.path.open("a+", encoding="utf-8")
+        with output_errors(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fcntl is None:  # pragma: no cover - Windows
+                self._acquire_by_pid()
+                return self
+            f = self.path.open("a+", encoding="utf-8")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = _read_owner(self.path)
             f.close()
             raise RunDirBusyError(_busy(self.path.parent, owner)) from None
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(_me()))
-        f.flush()
+        try:
+            with output_errors(self.path.parent):
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps(_me()))
+                f.flush()
+        except BaseException:
+            f.close()
+            raise
         self._file = f
         return self
 

@@ -34,7 +34,7 @@ import torch
 import yaml
 from torch import nn
 
-from .errors import LayerlockError
+from .errors import LayerlockError, output_errors
 from .yaml_io import read_yaml
 
 __all__ = [
@@ -90,6 +90,10 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
         16
     """
     path = Path(run_dir) / CONFIG_FILE
+    if Path(run_dir).is_file():
+        raise LayerlockError(f"{run_dir} is a file; pass its run directory")
+    if not Path(run_dir).is_dir():
+        raise LayerlockError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise LayerlockError(
             f"{run_dir} is not a layerlock run directory (no {CONFIG_FILE}); "
@@ -130,15 +134,18 @@ def atomic_writer(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[
         'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a read-only, full or missing location: one line naming the folder
+    with output_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with output_errors(path.parent):
+            with os.fdopen(fd, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -226,8 +233,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         >>> load_weights("model.safetensors")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise LayerlockError(f"weights file {path} does not exist")
+    _need_file(path, "weights file")
     if _is_safetensors(path):
         from safetensors.torch import load_file
 
@@ -319,6 +325,17 @@ def _first_unsafe(obj: Any, where: str) -> str | None:
     return f"{where} ({type(obj).__module__}.{type(obj).__name__})"
 
 
+def _need_file(path: Path, what: str) -> None:
+    """Raise unless ``path`` is a regular file, saying what it is instead."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise LayerlockError(f"{what} {path} is a folder, not a file")
+    if path.exists():
+        raise LayerlockError(f"{what} {path} is not a regular file")
+    raise LayerlockError(f"{what} {path} does not exist")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``).
 
@@ -329,8 +346,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         >>> load_checkpoint("runs/a/checkpoint.pt")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise LayerlockError(f"checkpoint {path} does not exist")
+    _need_file(path, "checkpoint")
     obj = _torch_load(path, "checkpoint")
     if not isinstance(obj, dict):
         raise LayerlockError(f"checkpoint {path} holds {type(obj).__name__}, not a dict")
@@ -401,7 +417,8 @@ class MetricsLogger:
         self._columns: dict[str, list[str]] = {}
         if not self.writer:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        with output_errors(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         for kind in (STEPS, EPOCHS):
             rows = read_jsonl(self.dir / f"{kind}.jsonl")
             if resume_step is None:
@@ -438,7 +455,7 @@ class MetricsLogger:
             return
         clean = {str(k): _json_value(v) for k, v in row.items()}
         columns = self._columns[kind]
-        with (self.dir / f"{kind}.jsonl").open("a", encoding="utf-8") as f:
+        with output_errors(self.dir), (self.dir / f"{kind}.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -447,7 +464,10 @@ class MetricsLogger:
             self._columns[kind] = _ordered(columns)
             self._write_csv(kind, read_jsonl(self.dir / f"{kind}.jsonl"))
             return
-        with (self.dir / f"{kind}.csv").open("a", encoding="utf-8", newline="") as f:
+        with (
+            output_errors(self.dir),
+            (self.dir / f"{kind}.csv").open("a", encoding="utf-8", newline="") as f,
+        ):
             csv.DictWriter(f, fieldnames=columns, lineterminator="\n").writerow(
                 {k: _csv_value(v) for k, v in clean.items()}
             )
@@ -477,7 +497,7 @@ class MetricsLogger:
         if not self.writer:
             return
         event = {"step": int(step), "epoch": float(epoch), "label": label, **extra}
-        with (self.dir / EVENTS_FILE).open("a", encoding="utf-8") as f:
+        with output_errors(self.dir), (self.dir / EVENTS_FILE).open("a", encoding="utf-8") as f:
             f.write(json.dumps({k: _json_value(v) for k, v in event.items()}) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -503,7 +523,29 @@ def _ordered(columns: list[str]) -> list[str]:
     return first + [c for c in columns if c not in first]
 
 
+#: A text cell starting with one of these is a formula to spreadsheet programs.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _csv_value(value: Any) -> Any:
+    """A CSV cell: numbers as they are, text that a spreadsheet would run as a formula
+    (``=HYPERLINK(...)`` as a class name) prefixed with ``'``, as spreadsheets expect;
+    text that is a plain number (``-1``, ``-inf``) is left as it is.
+
+    Example:
+        >>> _csv_value("=1+1"), _csv_value("cat"), _csv_value(-0.5), _csv_value("-inf")
+        ("'=1+1", 'cat', '-0.5', '-inf')
+    """
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_START) and not _number(value) else value
     if value is None:
         return ""
     if isinstance(value, float):
@@ -529,7 +571,8 @@ class RunDir:
         self.rank = rank
         self.writer = is_main_process(rank)
         if self.writer:
-            self.path.mkdir(parents=True, exist_ok=True)
+            with output_errors(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
 
     def file(self, name: str) -> Path:
         """The path of ``name`` inside the run directory."""
@@ -588,8 +631,8 @@ class RunDir:
         return load_checkpoint(self.path / name)
 
     def has_checkpoint(self, name: str = CHECKPOINT_FILE) -> bool:
-        """Whether a checkpoint file exists."""
-        return (self.path / name).is_file()
+        """Whether a checkpoint exists (a folder in its place too: loading it says so)."""
+        return (self.path / name).exists()
 
     def metrics(
         self, resume_step: int | None = None, resume_epoch: int | None = None

@@ -187,9 +187,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..finetune import finetune, summary_renderable
 
+    stop_after = getattr(args, "stop_after", None)
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after must be >= 1 (optimizer steps), got {stop_after}")
     config = config_from_args(args)
     progress = False if args.quiet else None
-    result = finetune(config, stop_after=getattr(args, "stop_after", None), progress=progress)
+    result = finetune(config, stop_after=stop_after, progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 130 if result.interrupted else 0
     if args.json:

@@ -452,12 +452,12 @@ def _read_tree(root: Path, extensions: tuple[str, ...]) -> _Tree:
         while stack:
             folder = stack.pop()
             real = os.path.realpath(folder)
-            if real in visited:
-                skipped.append((folder, f"link to a folder already read ({visited[real]})"))
-                continue
             owner = _owner(real, class_roots)
             if owner is not None and owner != name:
                 skipped.append((folder, f"link into class folder {owner!r}; not read as {name!r}"))
+                continue
+            if real in visited:
+                skipped.append((folder, f"link to a folder already read ({visited[real]})"))
                 continue
             visited[real] = folder
             try:

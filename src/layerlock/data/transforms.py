@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 from torch import nn
 
-from ..errors import ConfigError, suggest
+from ..errors import ConfigError, shorten, suggest
 
 __all__ = [
     "Transform",
@@ -113,7 +113,11 @@ def open_clip_preprocess(
     from open_clip import transform as oct
 
     pcfg = _open_clip_cfg(visual)
-    train = oct.image_transform_v2(pcfg, is_train=True, aug_cfg=augmentation or None)
+    train = _checked_augmentation(
+        lambda aug: oct.image_transform_v2(pcfg, is_train=True, aug_cfg=aug or None),
+        dict(augmentation or {}),
+        "RGB",
+    )
     return train, oct.image_transform_v2(pcfg, is_train=False)
 
 
@@ -220,6 +224,53 @@ def model_transforms(
     train = (
         evaluation
         if deterministic_train
-        else timm.data.create_transform(**cfg, is_training=True, **augmentation)
+        else _checked_augmentation(
+            lambda aug: timm.data.create_transform(**cfg, is_training=True, **aug),
+            augmentation,
+            mode,
+        )
     )
     return Transforms(train, evaluation, mode, dict(cfg), deterministic_train)
+
+
+def _checked_augmentation(
+    build: Callable[[dict[str, Any]], Transform], augmentation: dict[str, Any], mode: str
+) -> Transform:
+    """``build(augmentation)``, tried once on a small image; a failure names the option.
+
+    timm and OpenCLIP check augmentation values late (some only when an image goes
+    through), with errors that do not say which option was bad: the transform is built
+    and run once here, and on failure each option alone finds the culprit.
+    """
+
+    def attempt(aug: dict[str, Any]) -> tuple[Transform | None, BaseException | None]:
+        import random
+
+        import numpy as np
+        import torch
+
+        # the trial image must not move the random streams training draws from
+        states = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                transform = build(aug)
+                transform(Image.new(mode, (48, 40)))
+        except Exception as exc:  # timm / torchvision raise many types for bad values
+            return None, exc
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+        return transform, None
+
+    transform, error = attempt(augmentation)
+    if error is None:
+        assert transform is not None
+        return transform
+    culprits = [k for k in augmentation if attempt({k: augmentation[k]})[1] is not None]
+    text = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    if culprits:
+        named = ", ".join(f"{k}={shorten(augmentation[k])}" for k in culprits)
+        raise ConfigError(f"augmentation option {named} is not valid: {text}") from error
+    raise ConfigError(
+        f"augmentation options {shorten(augmentation)} do not work together: {text}"
+    ) from error
