@@ -277,6 +277,7 @@ def test_yaml_round_trip_is_equal_and_nested(tmp_path):
         "cache",
         "eval",
         "retain",
+        "towers",
         "run",
     ]
     assert cfg.to_dict()["unfreeze"]["lr"] == 3e-4

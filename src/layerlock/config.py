@@ -70,7 +70,9 @@ __all__ = [
     "parse_overrides",
 ]
 
-TASKS = ("classify",)
+TASKS = ("classify", "clip")
+#: Where ``run.report_to`` sends metrics besides the run directory's files.
+REPORT_TO = ("tensorboard", "wandb")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESTORE_BEST = ("off", "stage", "run")
 WISE_MODES = ("off", "auto")
@@ -189,12 +191,21 @@ class DataOptions(SourceOptions):
         deterministic_train_transform: Use the evaluation transform on training images.
         workers: DataLoader worker processes, or ``auto``
             (:func:`~layerlock.data.loading.resolve_workers`).
+        csv_caption_key: Caption column of an image-caption CSV (``task=clip``;
+            open_clip_train's ``--csv-caption-key``). With ``task=clip``, ``csv_img_key``
+            and ``csv_separator`` default to open_clip_train's ``filepath`` and tab.
+        templates: Prompt templates that turn class labels into captions (``task=clip``
+            on a folder, a CSV of labels or the demo; and zero-shot sets): ``openai``,
+            ``simple``, ``digits`` or a file of one template per line; ``None``: the
+            source's own (``digits`` for the demo, else ``simple``).
     """
 
     source: str = "demo"
     augmentation: dict[str, Any] | None = None
     deterministic_train_transform: bool = False
     workers: int | Literal["auto"] = "auto"
+    csv_caption_key: str = "title"
+    templates: str | None = None
 
     def problems(self) -> list[str]:
         """Every bad value, ``"field: message"`` each (empty when valid)."""
@@ -356,6 +367,9 @@ class RunOptions:
         log_every: Steps between per-step metric rows.
         allow_data_change: Resume even if the data changed since the run started (files
             added, removed or rewritten); the change is logged in ``events.jsonl``.
+        report_to: Also log metrics to ``tensorboard`` and / or ``wandb`` (a list, or
+            ``tensorboard,wandb``); needs ``pip install 'layerlock[tensorboard]'`` /
+            ``'layerlock[wandb]'``.
     """
 
     epochs: int = 16
@@ -369,10 +383,13 @@ class RunOptions:
     resume: str | None = None
     log_every: int = 10
     allow_data_change: bool = False
+    report_to: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
         """Every bad value, ``"field: message"`` each (empty when valid)."""
         out: list[str] = []
+        for target in self.report_to:
+            _choice(out, "report_to", target, REPORT_TO)
         _choice(out, "precision", self.precision, PRECISIONS)
         _choice(
             out, "device", self.device, (*DEVICES, *(f"cuda:{i}" for i in range(_MAX_CUDA_INDEX)))
@@ -403,6 +420,70 @@ class RunOptions:
         return out
 
 
+@dataclass
+class TowerOptions:
+    """The two towers of a contrastive run, ``task=clip`` (section ``towers``).
+
+    ``unfreeze.schedule`` applies to both towers (each tower's last k groups, its head ...;
+    ``lit`` and ``flyp`` are presets of tower pairs); :attr:`visual` and :attr:`text`
+    replace it for one tower. ``logit_scale`` (and SigLIP's ``logit_bias``) train whenever
+    a tower trains. Rates left at ``None`` are the ``unfreeze`` section's. In YAML a tower
+    may also be a mapping: ``towers: {text: {schedule: gradual, lr: 1e-4}}``.
+
+    Attributes:
+        visual: Schedule of the image tower: any schedule, or ``locked`` (never trains).
+        text: Schedule of the text tower: any schedule, or ``locked``.
+        visual_lr: Base learning rate of the image tower.
+        text_lr: Base learning rate of the text tower.
+        visual_weight_decay: Weight decay of the image tower's weights.
+        text_weight_decay: Weight decay of the text tower's weights.
+        visual_layer_decay: Layer-wise LR decay within the image tower, in (0, 1].
+        text_layer_decay: Layer-wise LR decay within the text tower, in (0, 1].
+        loss: ``clip`` (OpenCLIP's ``ClipLoss``), ``siglip`` (``SigLipLoss``) or ``auto``
+            (``siglip`` for models with a ``logit_bias``).
+    """
+
+    visual: str | None = None
+    text: str | None = None
+    visual_lr: float | None = None
+    text_lr: float | None = None
+    visual_weight_decay: float | None = None
+    text_weight_decay: float | None = None
+    visual_layer_decay: float | None = None
+    text_layer_decay: float | None = None
+    loss: str = "auto"
+
+    def problems(self) -> list[str]:
+        """Every bad value, ``"field: message"`` each (empty when valid)."""
+        from .errors import ScheduleError
+        from .schedule import parse_schedule
+
+        out: list[str] = []
+        for tower in ("visual", "text"):
+            text = getattr(self, tower)
+            if text is not None and text != "locked":
+                try:
+                    parse_schedule(text)
+                except ScheduleError as exc:
+                    out.append(f"{tower}: {exc} (or 'locked')")
+            lr = getattr(self, f"{tower}_lr")
+            if lr is not None and not lr > 0:
+                out.append(f"{tower}_lr: must be > 0, got {lr!r}")
+            wd = getattr(self, f"{tower}_weight_decay")
+            if wd is not None and not wd >= 0:
+                out.append(f"{tower}_weight_decay: must be >= 0, got {wd!r}")
+            ld = getattr(self, f"{tower}_layer_decay")
+            if ld is not None and not 0 < ld <= 1:
+                out.append(f"{tower}_layer_decay: must be in (0, 1], got {ld!r}")
+        _choice(out, "loss", self.loss, CLIP_LOSSES)
+        return out
+
+
+#: ``towers.loss`` values.
+CLIP_LOSSES = ("auto", "clip", "siglip")
+#: The open_clip_train CSV defaults ``task=clip`` reads (``--csv-img-key`` ... ).
+CLIP_CSV_DEFAULTS = {"data.csv_img_key": "filepath", "data.csv_separator": "\t"}
+
 #: Section name -> its options type, in the order configs are written.
 SECTIONS: dict[str, type] = {
     "model": ModelOptions,
@@ -411,6 +492,7 @@ SECTIONS: dict[str, type] = {
     "cache": CacheOptions,
     "eval": EvalOptions,
     "retain": RetainOptions,
+    "towers": TowerOptions,
     "run": RunOptions,
 }
 #: The field a section given a scalar sets (``model=timm:x`` is ``model.name``).
@@ -492,6 +574,7 @@ RESUME_IGNORED = frozenset(
         "run.log_every",
         "run.allow_data_change",
         "run.device",
+        "run.report_to",
         "data.workers",
         "data.bad_images",
         "cache.mode",
@@ -534,6 +617,7 @@ class FinetuneConfig:
     cache: CacheOptions = field(default_factory=CacheOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     retain: RetainOptions = field(default_factory=RetainOptions)
+    towers: TowerOptions = field(default_factory=TowerOptions)
     run: RunOptions = field(default_factory=RunOptions)
     deprecations: list[str] = field(default_factory=list, repr=False, compare=False)
 
@@ -803,7 +887,12 @@ def dotted_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], l
                 value = {f.name: getattr(value, f.name) for f in fields(SECTIONS[key])}
             if isinstance(value, Mapping):
                 for sub, v in value.items():
-                    out[f"{key}.{str(sub).strip().replace('-', '_')}"] = v
+                    sub = str(sub).strip().replace("-", "_")
+                    if key == "towers" and isinstance(v, Mapping):  # towers: {text: {lr: x}}
+                        for leaf, w in v.items():
+                            out[_tower_key(f"towers.{sub}.{leaf}")] = w
+                        continue
+                    out[f"{key}.{sub}"] = v
             elif key in _PRIMARY:
                 out[f"{key}.{_PRIMARY[key]}"] = value
             else:
@@ -816,8 +905,18 @@ def dotted_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], l
                 "(the flat name stops working in the next release)"
             )
         else:
-            out[key] = value
+            out[_tower_key(key)] = value
     return out, deprecations, problems
+
+
+def _tower_key(key: str) -> str:
+    """``towers.text.lr`` -> ``towers.text_lr``; ``towers.text.schedule`` -> ``towers.text``."""
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "towers":
+        return key
+    _, tower, leaf = parts
+    leaf = leaf.strip().replace("-", "_")
+    return f"towers.{tower}" if leaf == "schedule" else f"towers.{tower}_{leaf}"
 
 
 def _build(values: Mapping[str, Any]) -> tuple[FinetuneConfig, list[str]]:
@@ -843,6 +942,9 @@ def _build(values: Mapping[str, Any]) -> tuple[FinetuneConfig, list[str]]:
             kwargs[section][leaf] = _coerce(value, _hints(SECTIONS[section])[leaf])
         except ValueError as exc:
             problems.append(f"{key}: {exc}")
+    if task == "clip":  # open_clip_train's CSV defaults, unless given
+        for key, default in CLIP_CSV_DEFAULTS.items():
+            kwargs["data"].setdefault(key.partition(".")[2], default)
     cfg = FinetuneConfig(task=task, **{name: SECTIONS[name](**kw) for name, kw in kwargs.items()})
     reported = {p.split(":", 1)[0] for p in problems}
     problems.extend(p for p in cfg.problems() if p.split(":", 1)[0] not in reported)

@@ -34,6 +34,7 @@ from ..data.sources import data_source
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, LayerlockError
 from ..groups import LayerGroups
+from ..logging_backends import report_to
 from ..optim import layer_group_of
 from ..run_lock import RunDirBusyError, RunLock
 from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, fresh_dir, load_run_config
@@ -279,9 +280,15 @@ class FinetuneRecipe:
             self.run.write_yaml(CONFIG_FILE, resolved)
             self.run.write_json(DATA_FILE, self._data_record())
         resumed = self.checkpoint is not None
-        self.logger = self.run.metrics(
-            resume_step=self.unfreezer.global_step if resumed else None,
-            resume_epoch=self.tracker.evaluated if resumed else None,
+        self.logger = report_to(
+            self.run.metrics(
+                resume_step=self.unfreezer.global_step if resumed else None,
+                resume_epoch=self.tracker.evaluated if resumed else None,
+            ),
+            self.config.run.report_to,
+            self.run_path,
+            self.config.to_dict(),
+            rank=self.rank,
         )
         for line in self.data_notes:
             self.logger.log_event(self.unfreezer.global_step, self._epoch_now(), line)
