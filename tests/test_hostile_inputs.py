@@ -741,7 +741,7 @@ def _run_case(
             ]  # fmt: skip
         argv = ["finetune", *base, *args]
     else:
-        argv = ["plan", "timm:test_vit", *args]
+        argv = [command, "timm:test_vit", *args]
     lock = RunLock(run) if case.locked and run is not None else None
     if lock is not None:
         lock.acquire()
@@ -782,6 +782,16 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+BENCH_CASES: list[Case] = [
+    Case(
+        "bench-out-no-folder",
+        ["--out", "{tmp}/nowhere/b.json"],
+        "folder {tmp}/nowhere does not exist",
+    ),
+    Case("bench-out-is-folder", ["--out", "{tmp}"], "--out {tmp} is a folder"),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_finetune_hostile_input(
     case: Case, prepared: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -796,6 +806,13 @@ def test_plan_hostile_input(
     _run_case(case, "plan", prepared, tmp_path, capsys)
 
 
+@pytest.mark.parametrize("case", BENCH_CASES, ids=[c.id for c in BENCH_CASES])
+def test_bench_hostile_output(
+    case: Case, prepared: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run_case(case, "bench", prepared, tmp_path, capsys)
+
+
 def test_mps_where_unsupported_is_one_line(
     prepared: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -808,5 +825,5 @@ def test_mps_where_unsupported_is_one_line(
 
 
 def test_there_are_enough_cases() -> None:
-    assert len(CASES) + len(PLAN_CASES) >= 80
-    assert len({c.id for c in CASES + PLAN_CASES}) == len(CASES) + len(PLAN_CASES)
+    every = CASES + PLAN_CASES + BENCH_CASES
+    assert len(every) >= 80 and len({c.id for c in every}) == len(every)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, output_errors
 from . import examples
 
 __all__ = ["add_parser", "run"]
@@ -63,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr)
 
+    if args.out is not None:  # before the benchmark: its result must have somewhere to go
+        if args.out.is_dir():
+            raise ConfigError(f"--out {args.out} is a folder; name a .json file")
+        if not args.out.parent.is_dir():
+            raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist")
     result = run_bench(
         args.model,
         batch_size=args.batch_size,
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     )
     data = result.to_dict()
     if args.out is not None:
-        args.out.write_text(json.dumps(data, indent=2))
+        with output_errors(args.out.parent):
+            args.out.write_text(json.dumps(data, indent=2))
         log(f"wrote {args.out}")
     if args.json:
         print(json.dumps(data, indent=2))
