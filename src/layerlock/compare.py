@@ -48,6 +48,8 @@ class CompareRow:
         total_params: All parameters.
         run_dir: The schedule's run directory.
         curve: ``(elapsed seconds, top-1)`` after each epoch.
+        sets: Top-1 on each extra evaluation set after the last epoch.
+        alpha: For a ``+wise`` row, the WiSE-FT mixing coefficient.
     """
 
     schedule: str
@@ -58,6 +60,8 @@ class CompareRow:
     total_params: int
     run_dir: Path
     curve: list[tuple[float, float]] = field(default_factory=list)
+    sets: dict[str, float] = field(default_factory=dict)
+    alpha: float | None = None
 
 
 @dataclass
@@ -74,23 +78,42 @@ class CompareResult:
             >>> CompareResult(Path("x"), [CompareRow("lp", .9, .91, 3.0, 10, 100, Path("x/lp"))]).to_markdown().splitlines()[2]
             '| lp | 90.0% | 91.0% | 3.0 s | 10 / 100 |'
         """
+        sets = self.set_names()
         lines = [
-            "| schedule | final top-1 | best top-1 | wall time | trainable params at end |",
-            "|---|---:|---:|---:|---:|",
+            "| schedule | final top-1 | best top-1 | "
+            + "".join(f"{s} | " for s in sets)
+            + "wall time | trainable params at end |",
+            "|---|---:|---:|" + "---:|" * len(sets) + "---:|---:|",
         ]
         for r in self.rows:
+            shifted = "".join(f"{_pct(r.sets.get(s))} | " for s in sets)
             lines.append(
-                f"| {r.schedule} | {r.final_top1:.1%} | {r.best_top1:.1%} | "
+                f"| {r.schedule} | {r.final_top1:.1%} | {r.best_top1:.1%} | {shifted}"
                 f"{r.wall_time_s:.1f} s | {r.trainable_params:,} / {r.total_params:,} |"
             )
         return "\n".join(lines)
+
+    def set_names(self) -> list[str]:
+        """The extra evaluation sets, in first-seen order."""
+        names: list[str] = []
+        for r in self.rows:
+            names.extend(n for n in r.sets if n not in names)
+        return names
 
     def table(self) -> Any:
         """A rich table of the rows."""
         from rich.table import Table
 
         table = Table(title=f"layerlock compare ({self.run_dir})", title_justify="left")
-        for col in ("schedule", "final top-1", "best top-1", "wall time", "trainable at end"):
+        sets = self.set_names()
+        for col in (
+            "schedule",
+            "final top-1",
+            "best top-1",
+            *sets,
+            "wall time",
+            "trainable at end",
+        ):
             table.add_column(col, justify="left" if col == "schedule" else "right")
         best = max((r.final_top1 for r in self.rows if math.isfinite(r.final_top1)), default=None)
         for r in self.rows:
@@ -99,6 +122,7 @@ class CompareResult:
                 r.schedule,
                 f"{r.final_top1:.1%}{mark}",
                 f"{r.best_top1:.1%}",
+                *(_pct(r.sets.get(s)) for s in sets),
                 f"{r.wall_time_s:.1f} s",
                 f"{r.trainable_params:,} / {r.total_params:,}",
             )
@@ -133,6 +157,26 @@ def split_schedules(text: str | Sequence[str]) -> list[str]:
     for name in names:
         parse_schedule(name)
     return names
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _wise_row(row: CompareRow, found: dict[str, Any]) -> CompareRow:
+    """The ``<schedule>+wise`` row: the run's WiSE-FT mixture at its best α."""
+    best = next(r for r in found["rows"] if r["alpha"] == found["best_alpha"])
+    return CompareRow(
+        schedule=f"{row.schedule}+wise",
+        final_top1=float(best["val_acc"]),
+        best_top1=float(best["val_acc"]),
+        wall_time_s=row.wall_time_s,
+        trainable_params=row.trainable_params,
+        total_params=row.total_params,
+        run_dir=row.run_dir,
+        sets={k.rsplit("/", 1)[0]: float(v) for k, v in best.items() if k.endswith("/val_acc")},
+        alpha=float(found["best_alpha"]),
+    )
 
 
 def _slug(schedule: str) -> str:
@@ -197,10 +241,13 @@ def compare(
                 total_params=result.total_params,
                 run_dir=result.run_dir,
                 curve=[(float(e["elapsed_s"]), float(e["val_acc"])) for e in result.epochs],
+                sets=dict(result.final_sets),
             )
             rows.append(row)
             if on_result is not None:
                 on_result(row)
+            if result.wise is not None:
+                rows.append(_wise_row(row, result.wise))
         out = CompareResult(base, rows)
         if rank == 0:
             _write(run, out)
@@ -222,11 +269,16 @@ def _write(run: RunDir, result: CompareResult) -> None:
         "total_params",
         "run_dir",
     ]
+    sets = result.set_names()
     records = [
-        {c: (str(getattr(r, c)) if c == "run_dir" else getattr(r, c)) for c in columns}
+        {
+            **{c: (str(getattr(r, c)) if c == "run_dir" else getattr(r, c)) for c in columns},
+            **{f"{s}/top1": r.sets.get(s) for s in sets},
+            "alpha": r.alpha,
+        }
         for r in result.rows
     ]
-    run.write_csv("compare.csv", records, columns)
+    run.write_csv("compare.csv", records, [*columns, *(f"{s}/top1" for s in sets), "alpha"])
     run.write_json(
         "compare.json",
         [{**rec, "curve": [list(p) for p in r.curve]} for rec, r in zip(records, result.rows)],

@@ -19,7 +19,7 @@ from ..errors import LayerlockError
 
 __all__ = ["add_model_arguments", "examples", "main"]
 
-SUBCOMMANDS = ("groups", "plan", "finetune", "compare", "bench")
+SUBCOMMANDS = ("groups", "plan", "finetune", "compare", "wise", "bench")
 
 
 def _modules() -> list[tuple[str, object]]:

@@ -96,7 +96,10 @@ def finetune(
         recipe = FinetuneRecipe(config, rank=rank, world=world, local_rank=local_rank)
         try:
             recipe.setup()
-            return recipe.train(stop_after=stop_after, progress=progress, on_step=on_step)
+            result = recipe.train(stop_after=stop_after, progress=progress, on_step=on_step)
+            if config.retain.wise == "auto" and not result.interrupted:
+                recipe.wise_auto(result)
+            return result
         finally:
             recipe.close()
     finally:
@@ -141,6 +144,23 @@ class FinetuneRecipe:
         self._setup_unfreezer()
         self._setup_run_dir()
         self._setup_caches()
+
+    def setup_evaluation(self) -> None:
+        """Only what evaluating needs: device, data, model, loaders, evaluation sets.
+
+        No checkpoint is read and no run directory touched (``layerlock wise`` uses it).
+        """
+        self.device = resolve_device(self.config.run.device, self.local_rank)
+        self.dtype = resolve_precision(self.config.run.precision, self.device)
+        seed_everything(self.config.run.seed)
+        self._setup_data()
+        self._setup_model()
+        self._setup_loaders()
+        self._setup_eval_sets()
+
+    def evaluation_loaders(self) -> dict[str, tuple[str, DataLoader]]:
+        """``{"val": ("main", loader), name: (kind, loader) ...}``: every evaluation set."""
+        return {"val": ("main", self.val_loader), **self.extra_sets}
 
     def _load_checkpoint(self) -> None:
         """With ``run.resume``: check the saved config and read the checkpoint."""
@@ -593,6 +613,21 @@ class FinetuneRecipe:
             ["class", "accuracy"],
         )
         return result
+
+    def wise_auto(self, result: RunResult) -> None:
+        """``retain.wise=auto``: WiSE-FT over the finished run; keep the α best on ``val``."""
+        from ..wise import wise
+
+        if self.world > 1:
+            line = f"retain.wise=auto runs in one process: layerlock wise {self.run_path}"
+            self.notes.append(line)
+            return
+        found = wise(self.run_path, save="best")
+        result.wise = found.to_dict()
+        line = f"WiSE-FT: best alpha {found.best_alpha:g} on val (wise.json, {found.saved})"
+        self.notes.append(line)
+        print(f"layerlock finetune: {line}", file=sys.stderr, flush=True)
+        self.run.write_json(SUMMARY_FILE, {**result.to_dict(), "notes": self.notes})
 
     def close(self) -> None:
         """Release the run directory."""

@@ -42,6 +42,8 @@ class RunResult:
         replicas_agree: Under DDP, whether every rank ended with identical weights.
         skipped_images: Unreadable image files left out of the data.
         cache: The feature-cache decisions, one per schedule stage (and per resume).
+        final_sets: Top-1 on each extra evaluation set (``eval.sets``) after the last epoch.
+        wise: The WiSE-FT result (``retain.wise=auto``): ``best_alpha`` and one row per α.
         model: The trained model (unwrapped).
     """
 
@@ -62,6 +64,8 @@ class RunResult:
     replicas_agree: bool | None = None
     skipped_images: int = 0
     cache: list[dict[str, Any]] = field(default_factory=list)
+    final_sets: dict[str, float] = field(default_factory=dict)
+    wise: dict[str, Any] | None = None
     model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +87,8 @@ class RunResult:
             "replicas_agree": self.replicas_agree,
             "skipped_images": self.skipped_images,
             "cache": [dict(r) for r in self.cache],
+            "final_sets": dict(self.final_sets),
+            "wise": self.wise,
         }
 
 

@@ -361,6 +361,9 @@ class ClassificationTask(Task):
         result.best_top1, result.best_epoch = tracker.best, tracker.best_epoch
         per_class = tracker.details.get("_per_class", [])
         result.per_class = {c: float(a) for c, a in zip(self.classes, per_class)}
+        result.final_sets = {
+            k.rsplit("/", 1)[0]: float(v) for k, v in last.items() if k.endswith("/val_acc")
+        }
 
 
 def _contrastive_task(config: FinetuneConfig) -> Task:
