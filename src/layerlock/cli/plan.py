@@ -46,6 +46,8 @@ def add_parser(sub: Any) -> None:
             "layerlock plan timm:resnet50 --schedule '0:1, 2:3, 4:all' --epochs 6 --out plan.png",
             "layerlock plan timm:test_vit --schedule chain-thaw --epochs 3 --steps-per-epoch 100 --json",
             "layerlock plan open_clip:ViT-B-32 --schedule lp-ft --epochs 10 --tower visual",
+            "layerlock plan open_clip:ViT-B-32 --schedule lit --epochs 10",
+            "layerlock plan open_clip:ViT-B-32 --schedule gradual --text locked --epochs 12",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,6 +60,18 @@ def add_parser(sub: Any) -> None:
         p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     p.add_argument(
         "--tower", choices=["visual", "text"], default=None, help="apply to one tower only"
+    )
+    p.add_argument(
+        "--visual",
+        default=None,
+        metavar="SPEC",
+        help="two-tower models: the image tower's schedule, or 'locked' (as towers.visual)",
+    )
+    p.add_argument(
+        "--text",
+        default=None,
+        metavar="SPEC",
+        help="two-tower models: the text tower's schedule, or 'locked' (as towers.text)",
     )
     p.add_argument(
         "--out", "-o", type=Path, default=None, metavar="PNG", help="write a chart of the plan"
@@ -216,16 +230,28 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.model, pretrained=args.pretrained)
     groups = layer_groups(model, args.coarse)
     # syntax and fit problems together, one per line
-    plan = resolve_schedule(
-        args.schedule, groups, args.epochs, args.steps_per_epoch, tower=args.tower
-    )
+    from ..finetune.contrastive import CLIP_PRESETS, combined_schedule, pair_schedules, tower_plans
+
+    shown: str | None = None
+    if args.visual is not None or args.text is not None or args.schedule in CLIP_PRESETS:
+        # each tower by its own schedule, as task=clip trains them
+        towers = pair_schedules(args.schedule, args.visual, args.text)
+        plans = tower_plans(groups, towers, args.epochs, args.steps_per_epoch)
+        plan = combined_schedule(groups, plans).resolve(
+            groups, args.epochs, args.steps_per_epoch
+        )
+        shown = f"image tower {towers['visual']!r}, text tower {towers['text']!r}"
+    else:
+        plan = resolve_schedule(
+            args.schedule, groups, args.epochs, args.steps_per_epoch, tower=args.tower
+        )
     schedule = plan.schedule
     mult = group_multipliers(
         groups, layer_decay=args.layer_decay, discriminative=args.discriminative
     )
     data = plan_data(plan, mult)
     data["model"] = args.model
-    title = f"{args.model}  schedule {str(schedule)!r}  ({args.epochs} epochs x {args.steps_per_epoch} steps)"
+    title = f"{args.model}  schedule {shown or repr(str(schedule))}  ({args.epochs} epochs x {args.steps_per_epoch} steps)"
     if args.json:
         print(json.dumps(data, indent=2))
     else:

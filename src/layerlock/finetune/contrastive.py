@@ -69,6 +69,7 @@ __all__ = [
     "TowerCaches",
     "clip_outputs",
     "combined_schedule",
+    "pair_schedules",
     "contrastive_loss",
     "retrieval_metrics",
     "tower_plans",
@@ -101,9 +102,18 @@ def tower_schedules(config: FinetuneConfig) -> dict[str, str]:
         >>> tower_schedules(load_config(overrides=["task=clip", "unfreeze=gradual", "towers.text=lp"]))
         {'visual': 'gradual', 'text': 'lp'}
     """
-    base = str(config.unfreeze.schedule)
-    visual, text = CLIP_PRESETS.get(base, (base, base))
-    return {"visual": config.towers.visual or visual, "text": config.towers.text or text}
+    return pair_schedules(str(config.unfreeze.schedule), config.towers.visual, config.towers.text)
+
+
+def pair_schedules(base: str, visual: str | None = None, text: str | None = None) -> dict[str, str]:
+    """Each tower's schedule: its own if given, else ``base`` (``lit`` / ``flyp`` expanded).
+
+    Example:
+        >>> pair_schedules("flyp", text="gradual")
+        {'visual': 'full', 'text': 'gradual'}
+    """
+    v, t = CLIP_PRESETS.get(base, (base, base))
+    return {"visual": visual or v, "text": text or t}
 
 
 def _check_two_towers(groups: LayerGroups) -> None:
@@ -478,7 +488,9 @@ class ContrastiveTask(Task):
 
             for name, zs in demo_zero_shot_sets(config.run.seed, d.shots_per_class).items():
                 out[name] = EvalSet(zs, "classify")
-        for name, source in parse_eval_sets(config.eval.sets).items():
+        for name, source in parse_eval_sets(
+            "" if config.eval.sets == "auto" else config.eval.sets
+        ).items():
             if source.kind == "demo":
                 if name not in out:
                     from ..data.clip_demo import demo_zero_shot_sets

@@ -84,6 +84,8 @@ def summary_renderable(result: RunResult, config: FinetuneConfig) -> Any:
         rows.append(("DDP replicas agree", "yes" if result.replicas_agree else "NO"))
     if result.interrupted:
         rows.append(("resume with", f"layerlock finetune --resume {result.run_dir}"))
+    if config.task == "clip":
+        rows = _clip_rows(rows, result, config)
     for k, v in rows:
         head.add_row(k, v)
     per = Table(title="per-class top-1", title_justify="left")
@@ -96,3 +98,36 @@ def summary_renderable(result: RunResult, config: FinetuneConfig) -> Any:
     if len(items) > 10:
         per.caption = f"worst 5 and best 5 of {len(items)}; all in {PER_CLASS_FILE}"
     return Group(head, per) if result.per_class else head
+
+
+def _clip_rows(
+    rows: list[tuple[str, str]], result: RunResult, config: FinetuneConfig
+) -> list[tuple[str, str]]:
+    """A ``task=clip`` run's rows: retrieval and zero-shot instead of classification."""
+    from .contrastive import tower_schedules
+
+    last = result.epochs[-1] if result.epochs else {}
+    first = result.epochs[0] if result.epochs and result.epochs[0].get("epoch") == 0 else {}
+    towers = tower_schedules(config)
+    renamed = {
+        "data": ("data", f"{config.data.source}: image-caption pairs"),
+        "schedule": (
+            "schedule",
+            f"image tower {towers['visual']}, text tower {towers['text']}; "
+            f"{config.run.epochs} epochs, lr {config.unfreeze.lr:g}",
+        ),
+        "top-1": (
+            "image->text R@1",
+            f"{result.final_top1:.1%} (best {result.best_top1:.1%} at epoch {result.best_epoch})",
+        ),
+        "top-5": (
+            "text->image R@1",
+            f"{last['text_to_image_R@1']:.1%}" if "text_to_image_R@1" in last else "-",
+        ),
+        "val loss": ("clip_val_loss", f"{result.final_loss:.4f}"),
+    }
+    out = [renamed.get(k, (k, v)) for k, v in rows]
+    for key in sorted((k for k in last if k.endswith("zeroshot-val-top1")), reverse=True):
+        before = f" (start {first[key]:.1%})" if key in first else ""
+        out.insert(5, (f"zero-shot {key.split('/')[0]}", f"{last[key]:.1%}{before}"))
+    return out
