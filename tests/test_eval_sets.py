@@ -48,9 +48,13 @@ def test_config_reports_eval_and_retain_problems_together() -> None:
     text = str(info.value)
     assert "eval.sets: unknown built-in set 'demo-twisted'" in text
     assert "retain.max_drop: must be in [0, 100]" in text
-    with pytest.raises(ConfigError, match=r"retain.set: 'demo-noisy' is not an evaluation set"):
-        load_config(overrides={"retain": "demo-noisy"})
+    with pytest.raises(ConfigError, match=r"retain.set: 'demo-thick' is not an evaluation set"):
+        load_config(overrides={"retain": "demo-thick"})
     assert load_config(overrides={"retain": "val"}).retain.set == "val"
+    # eval.sets=auto (the default) gives the demo its shifted sets
+    assert load_config(overrides={"retain": "demo-noisy"}).retain.set == "demo-noisy"
+    with pytest.raises(ConfigError, match=r"'demo-noisy' is not an evaluation set; sets: val"):
+        load_config(overrides={"retain": "demo-noisy", "data": "folder", "data.path": "."})
 
 
 @pytest.mark.parametrize("name", sorted(SHIFTS))

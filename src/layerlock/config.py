@@ -75,6 +75,8 @@ TASKS = ("classify", "clip")
 REPORT_TO = ("tensorboard", "wandb")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESTORE_BEST = ("off", "stage", "run")
+#: ``eval.sets=auto`` on the demo data: its held-out digits, shifted three ways.
+DEMO_EVAL_SETS = "demo-rotated,demo-noisy,demo-shifted"
 WISE_MODES = ("off", "auto")
 CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -286,12 +288,25 @@ class EvalOptions:
         sets: Extra evaluation sets, each evaluated after every epoch: a mapping
             ``name -> source`` or text ``"demo-rotated,mine=folder:PATH"`` (sources in
             :mod:`layerlock.data.evalsets`). Their columns are ``<name>/val_acc`` ...
+            ``auto``: the demo's shifted sets (:data:`DEMO_EVAL_SETS`) on the demo data,
+            none otherwise; ``""``: none.
         at_start: Evaluate before training too (an ``epoch 0`` row: the starting point).
             ``auto``: when the retention guard needs it or the task asks for it.
     """
 
-    sets: str | dict[str, str] = ""
+    sets: str | dict[str, str] = "auto"
     at_start: bool | Literal["auto"] = "auto"
+
+    def resolved(self, source: str) -> str | dict[str, str]:
+        """:attr:`sets` with ``auto`` resolved for the data ``source``.
+
+        Example:
+            >>> EvalOptions().resolved("demo"), EvalOptions().resolved("folder")
+            ('demo-rotated,demo-noisy,demo-shifted', '')
+        """
+        if self.sets == "auto":
+            return DEMO_EVAL_SETS if source == "demo" else ""
+        return self.sets
 
     def problems(self) -> list[str]:
         """Every bad value, ``"field: message"`` each (empty when valid)."""
@@ -299,18 +314,18 @@ class EvalOptions:
 
         out: list[str] = []
         try:
-            parse_eval_sets(self.sets)
+            parse_eval_sets(self.resolved("demo"))
         except ConfigError as exc:
             out.append(str(exc).removeprefix("eval."))
         if self.at_start not in (True, False, "auto"):
             out.append(f"at_start: must be true, false or auto, got {self.at_start!r}")
         return out
 
-    def set_names(self) -> list[str]:
-        """The extra sets' names, in order."""
+    def set_names(self, source: str) -> list[str]:
+        """The extra sets' names for the data ``source``, in order."""
         from .data.evalsets import parse_eval_sets
 
-        return list(parse_eval_sets(self.sets))
+        return list(parse_eval_sets(self.resolved(source)))
 
 
 @dataclass
@@ -680,7 +695,7 @@ class FinetuneConfig:
         for name in SECTIONS:
             out.extend(f"{name}.{p}" for p in getattr(self, name).problems())
         if self.retain.set is not None and not any(p.startswith("eval.sets") for p in out):
-            known = ["val", *self.eval.set_names()]
+            known = ["val", *self.eval.set_names(self.data.source)]
             if self.retain.set not in known:
                 out.append(
                     f"retain.set: {self.retain.set!r} is not an evaluation set; sets: "

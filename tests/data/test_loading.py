@@ -20,9 +20,9 @@ def test_an_integer_is_used_as_given():
 
 @pytest.mark.parametrize(
     ("cores", "cpu", "cuda"),
-    [(1, 0, 0), (2, 0, 1), (3, 1, 2), (5, 2, 4), (16, 7, 8), (64, 8, 8)],
+    [(1, 0, 0), (2, 1, 1), (3, 1, 2), (5, 2, 4), (16, 7, 8), (64, 8, 8)],
 )
-def test_auto_keeps_a_core_for_training_and_half_on_cpu(monkeypatch, cores, cpu, cuda):
+def test_auto_keeps_a_core_for_training_and_half_on_cpu_at_least_one(monkeypatch, cores, cpu, cuda):
     monkeypatch.setattr(loading, "available_cores", lambda: cores)
     assert resolve_workers("auto", CPU) == cpu
     assert resolve_workers("auto", CUDA) == cuda

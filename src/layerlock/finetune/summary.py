@@ -51,6 +51,12 @@ def summary_renderable(result: RunResult, config: FinetuneConfig) -> Any:
             f"{result.final_top1:.1%} (best {result.best_top1:.1%} at epoch {result.best_epoch})",
         ),
         ("top-5", top5),
+        *(
+            [("other sets", ", ".join(f"{k} {v:.1%}" for k, v in result.final_sets.items()))]
+            if result.final_sets
+            else []
+        ),
+        *([("WiSE-FT", _wise_line(result.wise))] if result.wise else []),
         ("val loss", f"{result.final_loss:.4f}"),
         (
             "trainable at end",
@@ -131,3 +137,13 @@ def _clip_rows(
         before = f" (start {first[key]:.1%})" if key in first else ""
         out.insert(5, (f"zero-shot {key.split('/')[0]}", f"{last[key]:.1%}{before}"))
     return out
+
+
+def _wise_line(found: dict[str, Any]) -> str:
+    best = next(r for r in found["rows"] if r["alpha"] == found["best_alpha"])
+    others = ", ".join(
+        f"{k.rsplit('/', 1)[0]} {v:.1%}" for k, v in best.items() if k.endswith("/val_acc")
+    )
+    return f"alpha {found['best_alpha']:g}: top-1 {best['val_acc']:.1%}" + (
+        f"; {others}" if others else ""
+    )

@@ -121,7 +121,7 @@ class Task(ABC):
 
     def eval_sets(self, config: FinetuneConfig, transforms: Transforms) -> dict[str, EvalSet]:
         """The extra evaluation sets of ``eval.sets``, labelled with this task's classes."""
-        sources = parse_eval_sets(config.eval.sets)
+        sources = parse_eval_sets(config.eval.resolved(config.data.source))
         return {
             name: EvalSet(
                 load_eval_set(
