@@ -75,6 +75,7 @@ TASKS = ("classify", "clip")
 REPORT_TO = ("tensorboard", "wandb")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESTORE_BEST = ("off", "stage", "run")
+STRATEGIES = ("ddp", "fsdp")
 #: ``eval.sets=auto`` on the demo data: its held-out digits, shifted three ways.
 DEMO_EVAL_SETS = "demo-rotated,demo-noisy,demo-shifted"
 WISE_MODES = ("off", "auto")
@@ -382,6 +383,9 @@ class RunOptions:
         log_every: Steps between per-step metric rows.
         allow_data_change: Resume even if the data changed since the run started (files
             added, removed or rewritten); the change is logged in ``events.jsonl``.
+        strategy: Under ``torchrun``: ``ddp`` (DistributedDataParallel, rebuilt at each
+            unlock) or ``fsdp`` (each layer group its own ``fully_shard`` unit; checkpoints
+            hold the full state dict, gathered on rank 0).
         report_to: Also log metrics to ``tensorboard`` and / or ``wandb`` (a list, or
             ``tensorboard,wandb``); needs ``pip install 'layerlock[tensorboard]'`` /
             ``'layerlock[wandb]'``.
@@ -398,6 +402,7 @@ class RunOptions:
     resume: str | None = None
     log_every: int = 10
     allow_data_change: bool = False
+    strategy: str = "ddp"
     report_to: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
@@ -415,6 +420,7 @@ class RunOptions:
             out.append(f"grad_clip: must be > 0 or none, got {self.grad_clip!r}")
         if not 0 <= self.label_smoothing < 1:
             out.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing!r}")
+        _choice(out, "strategy", self.strategy, STRATEGIES)
         if not 0 <= self.seed < MAX_SEED:
             out.append(f"seed: must be in [0, {MAX_SEED}), got {self.seed!r}")
         if self.epochs > MAX_EPOCHS:
@@ -588,6 +594,7 @@ RESUME_IGNORED = frozenset(
         "run.resume",
         "run.log_every",
         "run.allow_data_change",
+        "run.strategy",
         "run.device",
         "run.report_to",
         "data.workers",
@@ -694,6 +701,13 @@ class FinetuneConfig:
         _choice(out, "task", self.task, TASKS)
         for name in SECTIONS:
             out.extend(f"{name}.{p}" for p in getattr(self, name).problems())
+        if self.run.strategy == "fsdp" and (
+            self.retain.set is not None or self.retain.restore_best != "off"
+        ):
+            out.append(
+                "run.strategy: fsdp does not support retain.set or retain.restore_best yet "
+                "(they keep full weight copies); use run.strategy=ddp"
+            )
         if self.retain.set is not None and not any(p.startswith("eval.sets") for p in out):
             known = ["val", *self.eval.set_names(self.data.source)]
             if self.retain.set not in known:

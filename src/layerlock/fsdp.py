@@ -119,7 +119,10 @@ def shard_by_groups(model: nn.Module, groups: LayerGroups, **fsdp_kwargs: Any) -
     from torch.distributed.fsdp import fully_shard
 
     for g in groups:
+        # modules without parameters (Identity, Dropout) are not units: they would only
+        # return views of their input through FSDP's hooks
         modules = [model.get_submodule(name) for name in g.modules if name]
+        modules = [m for m in modules if any(True for _ in m.parameters())]
         if modules:
             fully_shard(modules if len(modules) > 1 else modules[0], **fsdp_kwargs)
     fully_shard(model, **fsdp_kwargs)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .. import distributed
+from .. import distributed, fsdp
 from ..config import FinetuneConfig
 from ..data import dataset_len
 from ..data.identity import dataset_digest
@@ -33,7 +33,7 @@ from ..data.loading import loader_options, resolve_workers
 from ..data.sources import data_source
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, LayerlockError
-from ..groups import LayerGroups
+from ..groups import LayerGroups, layer_groups
 from ..logging_backends import report_to
 from ..optim import layer_group_of
 from ..run_lock import RunDirBusyError, RunLock
@@ -255,9 +255,15 @@ class FinetuneRecipe:
         self.eval_at_start = bool(at_start)
 
     def _setup_unfreezer(self) -> None:
+        """The Unfreezer; under ``run.strategy=fsdp`` the model is first sharded per group."""
         ddp_kwargs: dict[str, Any] = {}
         if self.device.type == "cuda" and self.world > 1:
             ddp_kwargs["device_ids"] = [self.device.index]
+        self.sharded = self.config.run.strategy == "fsdp" and self.world > 1
+        if self.sharded:
+            groups = self.groups if self.groups is not None else layer_groups(self.model)
+            fsdp.shard_by_groups(self.model, groups)
+            self.groups = fsdp.rebind_groups(groups, self.model)
         self.unfreezer = self.task.make_unfreezer(
             self.model,
             self.config,
@@ -558,14 +564,17 @@ class FinetuneRecipe:
     def save_checkpoint(self) -> None:
         """Model, Unfreezer, every rank's RNG states and the tracker (rank 0 writes)."""
         rngs = distributed.gather_objects(rng_state())
+        # collectives under FSDP: every rank gathers, rank 0 writes
+        model_state = fsdp.full_model_state_dict(self.model)
+        unfreezer_state = self.unfreezer.state_dict()
         if self.rank != 0:
             return
         self.run.save_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
                 "fingerprint": self.config.fingerprint(),
-                "model": self.model.state_dict(),
-                "unfreezer": self.unfreezer.state_dict(),
+                "model": model_state,
+                "unfreezer": unfreezer_state,
                 "rng": rngs,
                 "retention": self.retention.state_dict(),
                 **self.tracker.dump(self._elapsed()),
@@ -573,7 +582,7 @@ class FinetuneRecipe:
         )
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        fsdp.load_full_model_state_dict(self.model, checkpoint["model"])
         self.unfreezer.load_state_dict(checkpoint["unfreezer"])
         self.tracker.load(checkpoint)
         self.retention.load_state_dict(checkpoint.get("retention", {}))
@@ -593,7 +602,9 @@ class FinetuneRecipe:
         result.wall_time_s = self._elapsed()
         result.epochs = self.logger.rows("epochs") if self.rank == 0 else list(self.tracker.rows)
         self.task.fill_result(result, self.tracker)
-        result.replicas_agree = distributed.replicas_agree(self.model, self.device)
+        weights = fsdp.full_model_state_dict(self.model)  # a collective under FSDP
+        if not self.sharded:  # sharded replicas hold one copy between them
+            result.replicas_agree = distributed.replicas_agree(self.model, self.device)
         if self.rank != 0:
             return result
         self.run.plot()
@@ -603,7 +614,7 @@ class FinetuneRecipe:
                 "model": self.config.model.name,
                 "schedule": self.config.unfreeze.schedule,
             }
-            self.run.save_weights(self.model, MODEL_FILE, metadata=metadata)
+            self.run.save_weights(weights, MODEL_FILE, metadata=metadata)
         skipped = {k: [list(e) for e in v[:1000]] for k, v in self.data.skipped.items()}
         summary = {**result.to_dict(), "skipped_files": skipped, "notes": self.notes}
         self.run.write_json(SUMMARY_FILE, summary)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import fsdp
 from ..config import RetainOptions
 from ..unfreezer import Unfreezer
 
@@ -48,6 +49,9 @@ class _Kept:
 
 
 def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full weights on the CPU (sharded: a collective, the full copy on rank 0)."""
+    if fsdp.is_sharded(model):
+        return fsdp.full_model_state_dict(model)
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
