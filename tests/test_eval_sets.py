@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_finetune import make_folder, tiny_config
 
 from layerlock.config import load_config
 from layerlock.data.evalsets import EvalSource, parse_eval_sets
@@ -14,6 +13,7 @@ from layerlock.data.shifts import SHIFTS, shift_images
 from layerlock.errors import ConfigError
 from layerlock.finetune import finetune
 from layerlock.runs import read_jsonl
+from test_finetune import make_folder, tiny_config
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_finetune import make_folder, tiny_config
 
 from layerlock.cli import main
 from layerlock.errors import ConfigError, LayerlockError
@@ -15,6 +14,7 @@ from layerlock.finetune import finetune
 from layerlock.finetune.retention import START_FILE
 from layerlock.runs import load_weights
 from layerlock.wise import interpolate, parse_alphas, wise
+from test_finetune import make_folder, tiny_config
 
 
 def test_interpolation_endpoints_are_bit_identical() -> None:
