@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed, fsdp
 from ..config import FinetuneConfig
 from ..data import dataset_len
-from ..data.identity import dataset_digest
 from ..data.loading import loader_options, resolve_workers
 from ..data.sources import data_source
 from ..devices import autocast, resolve_device, resolve_precision
@@ -36,12 +35,13 @@ from ..errors import ConfigError, LayerlockError
 from ..groups import LayerGroups, layer_groups
 from ..logging_backends import report_to
 from ..optim import layer_group_of
-from ..run_lock import RunDirBusyError, RunLock
-from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, fresh_dir, load_run_config
+from ..run_lock import RunLock
+from ..runs import CONFIG_FILE, MODEL_FILE, RunDir, load_run_config
 from ..schedule import UnlockEvent
 from ..unfreezer import Unfreezer
 from .caching import CACHE_LOG_FILE
 from .control import Progress, StopFlag
+from .ownership import DATA_FILE, check_same_data, claim_run_dir, data_record
 from .reproducible import EpochOrder, SeededSamples, rng_state, seed_everything, set_rng_state
 from .retention import START_FILE, Retention
 from .state import EpochTracker, RunResult
@@ -51,8 +51,6 @@ from .task import make_task
 __all__ = ["FinetuneRecipe", "finetune"]
 
 SUMMARY_FILE = "summary.json"
-DATA_FILE = "data.json"
-MAX_OUT_DIR_TRIES = 1000
 CHECKPOINT_FORMAT = "layerlock-finetune/2"
 
 StepCallback = Callable[[int, float], None]
@@ -325,65 +323,22 @@ class FinetuneRecipe:
 
     def _claim_run_dir(self) -> Path:
         """Lock the run directory: the resumed one, or the first free ``out_dir[-N]``."""
-        if self.config.run.resume:
-            path = Path(self.config.run.resume)
-            self.lock = RunLock(path).acquire()
-            return path
-        base = Path(self.config.run.out_dir)
-        path = fresh_dir(base)
-        for _ in range(MAX_OUT_DIR_TRIES):
-            try:
-                self.lock = RunLock(path).acquire()
-            except RunDirBusyError:  # another run claimed it and is writing its config
-                path = _next_dir(path)
-                continue
-            if not (path / CONFIG_FILE).exists():
-                return path
-            self.lock.release()
-            path = _next_dir(path)
-        raise LayerlockError(
-            f"no free run directory next to {base} after {MAX_OUT_DIR_TRIES} tries"
+        path, self.lock = claim_run_dir(
+            self.config.run.resume or self.config.run.out_dir, resume=bool(self.config.run.resume)
         )
+        return path
 
     def _data_record(self) -> dict[str, Any]:
-        """What the run trains and evaluates on: classes, sample counts, data digests."""
-        return {
-            "classes": self.classes,
-            "train": {
-                "samples": dataset_len(self.data.train),
-                "digest": dataset_digest(self.data.train),
-            },
-            "val": {"samples": dataset_len(self.data.val), "digest": dataset_digest(self.data.val)},
-        }
+        return data_record(self.classes, self.data.train, self.data.val)
 
     def _check_same_data(self) -> None:
         """Refuse a resume whose classes changed; whose samples changed unless allowed."""
-        path = self.run_path / DATA_FILE
-        if not path.is_file():
-            return  # a run of the previous release: nothing recorded
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        now = self._data_record()
-        if saved.get("classes") != now["classes"]:
-            raise LayerlockError(
-                f"cannot resume {self.run_path}: its classes were {_short(saved.get('classes'))}, "
-                f"the data now gives {_short(now['classes'])}; class indices would change"
-            )
-        changed = [
-            f"{split} {saved[split]['samples']} -> {now[split]['samples']} samples"
-            for split in ("train", "val")
-            if saved.get(split, {}).get("digest") != now[split]["digest"]
-        ]
-        if not changed:
-            return
-        what = "; ".join(changed) + " (or files rewritten)"
-        if not self.config.run.allow_data_change:
-            raise LayerlockError(
-                f"cannot resume {self.run_path}: its data changed since it started ({what}); "
-                "restore the data, or pass run.allow_data_change=true to continue on the new data"
-            )
-        self.data_notes.append(f"data changed on resume: {what}")
-        self.notes.append(self.data_notes[-1])
-        self.run.write_json(DATA_FILE, {**now, "previous": saved})
+        note = check_same_data(
+            self.run_path, self._data_record(), allow=self.config.run.allow_data_change
+        )
+        if note is not None:
+            self.data_notes.append(note)
+            self.notes.append(note)
 
     def _setup_caches(self) -> None:
         t = self.transforms
@@ -688,20 +643,6 @@ class FinetuneRecipe:
             if key not in out or pg["lr"] > out[key]:
                 out[key] = float(pg["lr"])
         return out
-
-
-def _next_dir(path: Path) -> Path:
-    """``runs/a`` -> ``runs/a-2``, ``runs/a-2`` -> ``runs/a-3``."""
-    stem, _, number = path.name.rpartition("-")
-    if stem and number.isdigit():
-        return path.parent / f"{stem}-{int(number) + 1}"
-    return path.parent / f"{path.name}-2"
-
-
-def _short(values: Any, most: int = 6) -> str:
-    items = [str(v) for v in values or []]
-    text = ", ".join(items[:most]) + (f" ... ({len(items)} in all)" if len(items) > most else "")
-    return f"[{text}]"
 
 
 def _trainable(model: nn.Module) -> int:
