@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from layerlock.cli import main
-from layerlock.config import FinetuneConfig
+from layerlock.config import LEGACY_KEYS, FinetuneConfig
 from layerlock.errors import ConfigError, LayerlockError, ScheduleError, UnknownModelError
 from layerlock.finetune import ClassificationTask, finetune
 from layerlock.finetune.reproducible import EpochOrder
@@ -89,7 +89,11 @@ def tiny_config(tmp_path: Path, **kw: object) -> FinetuneConfig:
         out_dir=str(tmp_path / "run"),
     )
     values.update(kw)
-    return FinetuneConfig.from_dict(values)
+    # the previous release's flat names, spelled as the dotted keys they became
+    shorthand = {"model", "data", "cache"}
+    return FinetuneConfig.from_dict(
+        {(k if k in shorthand else LEGACY_KEYS.get(k, k)): v for k, v in values.items()}
+    )
 
 
 def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
