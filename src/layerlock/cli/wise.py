@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     columns = [k for k in result.rows[0] if k != "alpha" and k.endswith("acc")]
     table = Table(title=f"WiSE-FT of {args.run_dir} (start: epoch {result.start_epoch})")
     table.add_column("alpha", justify="right")
-    for c in columns:
-        table.add_column(c, justify="right")
+    for c in columns:  # "demo-rotated/val_acc" -> "demo-rotated"
+        table.add_column("val" if c == "val_acc" else c.rsplit("/", 1)[0], justify="right")
     for r in result.rows:
         mark = " *" if r["alpha"] == result.best_alpha else ""
         table.add_row(f"{r['alpha']:g}{mark}", *(f"{r[c]:.1%}" for c in columns))
