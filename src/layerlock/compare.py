@@ -29,9 +29,18 @@ from .errors import ConfigError
 from .runs import RunDir, atomic_write, fresh_dir
 from .schedule import parse_schedule
 
-__all__ = ["DEFAULT_SCHEDULES", "CompareResult", "CompareRow", "compare", "split_schedules"]
+__all__ = [
+    "CLIP_SCHEDULES",
+    "DEFAULT_SCHEDULES",
+    "CompareResult",
+    "CompareRow",
+    "compare",
+    "split_schedules",
+]
 
 DEFAULT_SCHEDULES = ("full", "lp", "lp-ft", "gradual", "chain-thaw")
+#: ``compare task=clip`` by default: image tower locked, everything, progressive.
+CLIP_SCHEDULES = ("lit", "full", "gradual")
 CHART_FILE = "accuracy_vs_time.png"
 
 
@@ -129,7 +138,7 @@ class CompareResult:
         return table
 
 
-def split_schedules(text: str | Sequence[str]) -> list[str]:
+def split_schedules(text: str | Sequence[str], *, check: bool = True) -> list[str]:
     """Split ``"full,lp,lp-ft"`` (or, when a schedule has commas itself, ``"a; b"``).
 
     Every schedule is parsed here, so a typo fails before any training starts.
@@ -154,8 +163,9 @@ def split_schedules(text: str | Sequence[str]) -> list[str]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"schedule(s) given twice: {', '.join(twice)}")
-    for name in names:
-        parse_schedule(name)
+    if check:  # task=clip schedules (lit, flyp ...) are checked by the run itself
+        for name in names:
+            parse_schedule(name)
     return names
 
 
@@ -212,8 +222,10 @@ def compare(
     """
     from . import distributed
     from .finetune import finetune
+    from .finetune.task import make_task
 
-    names = split_schedules(schedules)
+    names = split_schedules(schedules, check=config.task == "classify")
+    metric = make_task(config).best_metric
     if config.run.resume:
         raise ConfigError(
             "compare cannot resume; resume each schedule's run with finetune --resume"
@@ -240,7 +252,11 @@ def compare(
                 trainable_params=result.trainable_params,
                 total_params=result.total_params,
                 run_dir=result.run_dir,
-                curve=[(float(e["elapsed_s"]), float(e["val_acc"])) for e in result.epochs],
+                curve=[
+                    (float(e["elapsed_s"]), float(e[metric]))
+                    for e in result.epochs
+                    if e.get(metric) is not None
+                ],
                 sets=dict(result.final_sets),
             )
             rows.append(row)

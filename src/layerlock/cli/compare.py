@@ -16,7 +16,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> None:
-    from ..compare import DEFAULT_SCHEDULES
+    from ..compare import CLIP_SCHEDULES, DEFAULT_SCHEDULES
 
     p = sub.add_parser(
         "compare",
@@ -40,7 +40,10 @@ def add_parser(sub: Any) -> None:
         "--schedules",
         default=",".join(DEFAULT_SCHEDULES),
         metavar="LIST",
-        help=f"comma-separated schedules (';' when one has commas); default {','.join(DEFAULT_SCHEDULES)}",
+        help=(
+            "comma-separated schedules (';' when one has commas); default "
+            f"{','.join(DEFAULT_SCHEDULES)} ({','.join(CLIP_SCHEDULES)} with task=clip)"
+        ),
     )
     add_arguments(p)
     p.set_defaults(run=run, out_dir_default="runs/compare")
@@ -49,12 +52,15 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..compare import compare, split_schedules
+    from ..compare import CLIP_SCHEDULES, DEFAULT_SCHEDULES, compare, split_schedules
 
-    schedules = split_schedules(args.schedules)
     given = getattr(args, flag_dest("run.out_dir")) or _has_key(args, "run.out_dir")
     extra = {} if given else {"run.out_dir": "runs/compare"}
     config = config_from_args(args, **extra)
+    text = args.schedules
+    if config.task == "clip" and text == ",".join(DEFAULT_SCHEDULES):
+        text = ",".join(CLIP_SCHEDULES)
+    schedules = split_schedules(text, check=config.task == "classify")
     err = Console(stderr=True)
     quiet = args.quiet
 
