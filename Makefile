@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/layerlock finetune
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q --timeout=900 tests src/layerlock --doctest-modules
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m pytest -q --timeout=900 tests src/layerlock --doctest-modules
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
