@@ -708,7 +708,12 @@ class FinetuneConfig:
                 "run.strategy: fsdp does not support retain.set or retain.restore_best yet "
                 "(they keep full weight copies); use run.strategy=ddp"
             )
-        if self.retain.set is not None and not any(p.startswith("eval.sets") for p in out):
+        # a classifier's sets are known here; other tasks add their own (checked at setup)
+        if (
+            self.task == "classify"
+            and self.retain.set is not None
+            and not any(p.startswith("eval.sets") for p in out)
+        ):
             known = ["val", *self.eval.set_names(self.data.source)]
             if self.retain.set not in known:
                 out.append(

@@ -362,6 +362,7 @@ class ContrastiveTask(Task):
     name = "clip"
     best_metric = "image_to_text_R@1"
     eval_at_start = True
+    set_metric = "zeroshot-val-top1"
 
     def __init__(self, config: FinetuneConfig) -> None:
         self.config = config

@@ -247,6 +247,10 @@ class FinetuneRecipe:
             )
             loader = DataLoader(share, batch_size=run.batch_size, shuffle=False, **options)
             self.extra_sets[name] = (es.kind, loader)
+        guarded = self.config.retain.set
+        if guarded is not None and guarded != "val" and guarded not in self.extra_sets:
+            known = ", ".join(["val", *self.extra_sets])
+            raise ConfigError(f"retain.set: {guarded!r} is not an evaluation set; sets: {known}")
         at_start = self.config.eval.at_start
         if at_start == "auto":
             at_start = self.task.eval_at_start or self.config.retain.set is not None
@@ -287,6 +291,7 @@ class FinetuneRecipe:
             epochs=self.config.run.epochs,
             log=self._log_event,
             save_start=self._save_start,
+            set_metric=self.task.set_metric,
         )
         if self.checkpoint is not None:
             self._check_same_data()

@@ -67,6 +67,7 @@ class Retention:
         epochs: Epochs of the run.
         log: ``log(label)`` records an event at the current step.
         save_start: ``save_start(weights, epoch)`` writes WiSE-FT's start weights.
+        set_metric: The accuracy column of the guarded extra set (default: ``metric``).
     """
 
     def __init__(
@@ -80,14 +81,18 @@ class Retention:
         epochs: int,
         log: Callable[[str], None],
         save_start: Callable[[dict[str, torch.Tensor], int], None],
+        set_metric: str | None = None,
     ) -> None:
         self.options, self.metric = options, metric
         self.model, self.unfreezer = model, unfreezer
         self.spe, self.epochs = steps_per_epoch, epochs
         self.log, self.save_start = log, save_start
         guarded = options.set
+        #: the watched column: the validation split's ``metric``, else ``<set>/<set_metric>``
         self.guard_key = (
-            None if guarded is None else (metric if guarded == "val" else f"{guarded}/{metric}")
+            None
+            if guarded is None
+            else (metric if guarded == "val" else f"{guarded}/{set_metric or metric}")
         )
         self.keep = guarded is not None or options.restore_best != "off"
         self.baseline: float | None = None

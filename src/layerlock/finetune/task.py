@@ -96,6 +96,8 @@ class Task(ABC):
     classes: list[str]
     eval_at_start: bool = False
     """Whether ``eval.at_start=auto`` evaluates this task before training."""
+    set_metric: str = "val_acc"
+    """The accuracy column of a class-labelled evaluation set (what the guard watches)."""
 
     @abstractmethod
     def load_data(self, config: FinetuneConfig) -> TrainVal:
