@@ -132,13 +132,7 @@ class FinetuneRecipe:
     def setup(self) -> None:
         """Every phase that can fail on bad input runs before the run directory is touched."""
         self._load_checkpoint()
-        self.device = resolve_device(self.config.run.device, self.local_rank)
-        self.dtype = resolve_precision(self.config.run.precision, self.device)
-        seed_everything(self.config.run.seed)
-        self._setup_data()
-        self._setup_model()
-        self._setup_loaders()
-        self._setup_eval_sets()
+        self.setup_evaluation()
         self._setup_unfreezer()
         self._setup_run_dir()
         self._setup_caches()
