@@ -26,9 +26,9 @@ from layerlock.data.clip_demo import (
     MODEL_CFG,
     PREPROCESS_CFG,
     load_demo_clip,
-    mnist_digits,
     pretrain_split,
 )
+from layerlock.data.demo import mnist_digits
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,15 @@ DEFAULT_SCHEDULES = ("full", "lp", "lp-ft", "gradual", "chain-thaw")
 #: ``compare task=clip`` by default: image tower locked, everything, progressive.
 CLIP_SCHEDULES = ("lit", "full", "gradual")
 CHART_FILE = "accuracy_vs_time.png"
+#: The fields a :class:`CompareRow` copies from the schedule's RunResult.
+_RESULT_FIELDS = (
+    "final_top1",
+    "best_top1",
+    "wall_time_s",
+    "trainable_params",
+    "total_params",
+    "run_dir",
+)
 
 
 @dataclass
@@ -246,12 +255,7 @@ def compare(
             result = finetune(cfg, progress=progress)
             row = CompareRow(
                 schedule=name,
-                final_top1=result.final_top1,
-                best_top1=result.best_top1,
-                wall_time_s=result.wall_time_s,
-                trainable_params=result.trainable_params,
-                total_params=result.total_params,
-                run_dir=result.run_dir,
+                **{key: getattr(result, key) for key in _RESULT_FIELDS},
                 curve=[
                     (float(e["elapsed_s"]), float(e[metric]))
                     for e in result.epochs
@@ -276,15 +280,7 @@ def compare(
 
 
 def _write(run: RunDir, result: CompareResult) -> None:
-    columns = [
-        "schedule",
-        "final_top1",
-        "best_top1",
-        "wall_time_s",
-        "trainable_params",
-        "total_params",
-        "run_dir",
-    ]
+    columns = ["schedule", *_RESULT_FIELDS]
     sets = result.set_names()
     records = [
         {

