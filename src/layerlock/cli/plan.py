@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.model, pretrained=args.pretrained)
     groups = layer_groups(model, args.coarse)
     # syntax and fit problems together, one per line
-    from ..finetune.contrastive import CLIP_PRESETS, combined_schedule, pair_schedules, tower_plans
+    from ..finetune.towers import CLIP_PRESETS, combined_schedule, pair_schedules, tower_plans
 
     shown: str | None = None
     if args.visual is not None or args.text is not None or args.schedule in CLIP_PRESETS:

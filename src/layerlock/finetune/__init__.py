@@ -14,8 +14,13 @@ The package, in the order data flows:
   :class:`ClassificationTask` (loss, metrics, evaluation);
 - :mod:`~layerlock.finetune.reproducible`: data order and random streams, which make a
   resumed run follow the uninterrupted one step for step (bit-identical on CPU);
+- :mod:`~layerlock.finetune.contrastive`: the contrastive task (``task=clip``), with
+  :mod:`~layerlock.finetune.towers` (one schedule per tower, one Unfreezer),
+  :mod:`~layerlock.finetune.retrieval` (retrieval and zero-shot metrics) and
+  :mod:`~layerlock.finetune.tower_cache` (the locked-tower embedding cache);
 - :mod:`~layerlock.finetune.caching`: the frozen-prefix feature caches of the job (the
-  policy itself is :mod:`layerlock.cache_policy`);
+  policy itself is :mod:`layerlock.cache_policy`), on the interface of
+  :mod:`~layerlock.finetune.cache_base`;
 - :mod:`~layerlock.finetune.state`: :class:`RunResult` and the checkpointed epoch state;
 - :mod:`~layerlock.finetune.summary` and :mod:`~layerlock.finetune.control`: the printed
   summary, the progress bar and Ctrl-C.

@@ -38,7 +38,7 @@ uncached model's, and the decisions are rank 0's, so every rank fills the same c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,20 +49,17 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from .. import distributed
 from ..cache import FeatureCache, prefix_output
 from ..cache_policy import StageCachePlan, describe_bytes, plan_stage
-from ..config import CacheOptions
 from ..data import dataset_len
 from ..data.identity import dataset_digest
 from ..devices import autocast
 from ..lock import frozen_bn_modules
 from ..split import Split, split_model, split_reason
-from ..unfreezer import Unfreezer
+from .cache_base import BaseCaches, Evaluate
 from .reproducible import EpochOrder, SeededSamples, rng_state, set_rng_state
 
 __all__ = ["CACHE_LOG_FILE", "JobCaches"]
 
 CACHE_LOG_FILE = "cache.jsonl"
-
-Evaluate = Callable[[nn.Module, Any], dict[str, Any]]
 
 
 def prefix_randomness(split: Split, frozen_bn: set[str]) -> str | None:
@@ -150,64 +147,18 @@ class _StageCaches:
     ddp: nn.Module | None = None
 
 
-class JobCaches:
-    """The feature caches of the schedule stage in force.
+class JobCaches(BaseCaches):
+    """The feature caches of the schedule stage in force (the locked prefix's).
 
-    Args:
-        options: The job's cache options (mode, budget, views, dtype).
-        unfreezer: The run's Unfreezer (plan, groups, model).
-        train_set: Training images (untransformed order; transforms applied per sample).
-        val_set: This rank's evaluation images.
-        deterministic: Whether the training transform is the evaluation transform.
-        device: Where the prefix runs.
-        dtype: Autocast dtype (``None``: fp32).
-        world: Processes in the run.
-        steps_per_epoch: Optimizer steps of one epoch.
-        batch_size: Samples per batch.
-        workers: DataLoader workers for filling.
-        seed: The run's seed (augmentation of the fixed views).
-        say: Called with each decision record (``record["line"]`` is the log line).
+    Args: as :class:`~layerlock.finetune.cache_base.BaseCaches`.
     """
 
-    def __init__(
-        self,
-        options: CacheOptions,
-        unfreezer: Unfreezer,
-        train_set: Dataset,
-        val_set: Dataset,
-        *,
-        deterministic: bool,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        world: int,
-        steps_per_epoch: int,
-        batch_size: int,
-        workers: int,
-        seed: int,
-        say: Callable[[dict[str, Any]], None],
-    ) -> None:
-        self.options, self.unfreezer = options, unfreezer
-        self.train_set, self.val_set = train_set, val_set
-        self.deterministic = deterministic
-        self.device, self.dtype, self.world = device, dtype, world
-        self.spe, self.batch_size, self.workers, self.seed = (
-            steps_per_epoch,
-            batch_size,
-            workers,
-            seed,
-        )
-        self.say = say
-        self.stage: _StageCaches | None = None
-        self.records: list[dict[str, Any]] = []
+    stage: _StageCaches | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.fill_s = 0.0  # fill time since the last epoch row
         self._digests: dict[str, str] = {}
-        choice = options.dtype
-        if choice == "auto":
-            choice = "bfloat16" if device.type == "cuda" else "float16"
-        self.store = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-            choice, torch.float32
-        )
 
     # -- decisions -----------------------------------------------------------------------
     def begin_epoch(self, epoch: int, first_step: int) -> None:
@@ -250,11 +201,7 @@ class JobCaches:
     def _decide(self, ei: int, epoch: int, first_step: int, note: str | None) -> _StageCaches:
         plan, groups, mode = self.unfreezer.plan, self.unfreezer.groups, self.options.mode
         event = plan.events[ei]
-        start = event.step
-        end = min(
-            plan.events[ei + 1].step if ei + 1 < len(plan.events) else plan.total_steps,
-            plan.total_steps,
-        )
+        start, end = self._stage_span(ei)
         boundary = min(event.trainable) if event.trainable else len(groups)
         split = None
         if mode != "off" and not self.unfreezer.sharded and 0 < boundary < len(groups):
@@ -281,19 +228,13 @@ class JobCaches:
         # rank 0 decides for all: the fills are collective (sizes may differ by a sample)
         decided = distributed.broadcast_object(decided)
         stage = _StageCaches(ei, boundary, split if decided.blocked is None else None)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": first_step,
-            "mode": mode,
-            "boundary": boundary,
-            "boundary_group": groups[boundary].name if boundary < len(groups) else None,
-            "stage_epochs": stage_epochs,
-            "train_cached": False,
-            "eval_cached": False,
-            "views": 0,
-            "bytes": 0,
-            "fill_s": 0.0,
-        }
+        record = self._record(
+            epoch,
+            first_step,
+            stage_epochs,
+            boundary=boundary,
+            boundary_group=groups[boundary].name if boundary < len(groups) else None,
+        )
         if note:
             record["note"] = note
         fill = self._fill_stage(stage, decided) if decided.blocked is None else 0.0
@@ -412,11 +353,6 @@ class JobCaches:
         self.fill_s += time.perf_counter() - start
         return f"from preprocessed images kept in memory ({describe_bytes(need)})"
 
-    def _log(self, record: dict[str, Any], line: str) -> None:
-        record["line"] = line
-        self.records.append(record)
-        self.say(record)
-
     def _feature_bytes(self, split: Split) -> int:
         x, _ = self.val_set[0]
         state = rng_state()
@@ -469,8 +405,7 @@ class JobCaches:
         stage = self.stage
         if stage is None or not stage.train:
             return False
-        plan = self.unfreezer.plan
-        last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
+        last = self._last_step(epoch)
         event_at = self.unfreezer.event_at
         return event_at(min(first_step, last)) == event_at(last) == stage.index
 
@@ -478,10 +413,7 @@ class JobCaches:
         """The epoch's batches (same samples, same order as the image loader) as features."""
         assert self.stage is not None
         cache = self.stage.train[epoch % len(self.stage.train)]
-        indices = list(order)
-        served = _FeatureBatches(cache)
-        for i in range(0, len(indices), self.batch_size):
-            yield served[indices[i : i + self.batch_size]]
+        return self._serve(_FeatureBatches(cache), order)
 
     def suffix(self) -> nn.Module:
         """The module that trains on cached features (the split's suffix).
@@ -519,8 +451,7 @@ class JobCaches:
             return evaluate(self.unfreezer.base, loader), "images"
         if stage is None or stage.val is None or stage.split is None:
             return None, ""
-        plan = self.unfreezer.plan
-        last = min((epoch + 1) * self.spe - 1, plan.total_steps - 1)
+        last = self._last_step(epoch)
         if self.unfreezer.event_at(last) != stage.index and stage.val.stale_reason() is not None:
             return None, ""  # groups of the prefix were unlocked and trained during the epoch
         # a DataLoader, like the image loader, so that both draw the same random numbers
@@ -542,18 +473,6 @@ class JobCaches:
             return int(held)
         caches = stage.train + ([stage.val] if stage.val is not None else [])
         return int(held + sum(c.nbytes for c in caches))
-
-    def epoch_columns(self, cached: bool, eval_kind: str) -> dict[str, Any]:
-        """The epoch row's cache columns; the fill time counts since the previous row."""
-        out = {
-            "cached": cached,
-            "eval_cached": eval_kind == "features",
-            "eval_images_kept": eval_kind == "images",
-            "cache_fill_s": self.fill_s,
-            "cache_bytes": self.nbytes(self.stage),
-        }
-        self.fill_s = 0.0
-        return out
 
     def close(self) -> None:
         """Drop the caches."""

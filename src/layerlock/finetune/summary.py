@@ -110,7 +110,7 @@ def _clip_rows(
     rows: list[tuple[str, str]], result: RunResult, config: FinetuneConfig
 ) -> list[tuple[str, str]]:
     """A ``task=clip`` run's rows: retrieval and zero-shot instead of classification."""
-    from .contrastive import tower_schedules
+    from .towers import tower_schedules
 
     last = result.epochs[-1] if result.epochs else {}
     first = result.epochs[0] if result.epochs and result.epochs[0].get("epoch") == 0 else {}

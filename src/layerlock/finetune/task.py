@@ -23,7 +23,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from ..errors import ConfigError, LayerlockError
 from ..groups import LayerGroups
 from ..models import OpenCLIPClassifier, build_classifier, classifier_logits
 from ..unfreezer import Unfreezer
+from .cache_base import BaseCaches
 from .caching import JobCaches
 from .state import EpochTracker, RunResult
 
@@ -48,6 +49,7 @@ __all__ = [
     "Batches",
     "ClassificationTask",
     "EvalSet",
+    "Placement",
     "Task",
     "make_task",
 ]
@@ -68,6 +70,14 @@ class BatchStats:
 
     loss: torch.Tensor
     counts: dict[str, float]
+
+
+class Placement(NamedTuple):
+    """Where an evaluation runs."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    """Autocast dtype (``None``: fp32)."""
 
 
 @dataclass
@@ -98,6 +108,8 @@ class Task(ABC):
     """Whether ``eval.at_start=auto`` evaluates this task before training."""
     set_metric: str = "val_acc"
     """The accuracy column of a class-labelled evaluation set (what the guard watches)."""
+    cache_type: type[BaseCaches] = JobCaches
+    """The run's caches (the locked prefix's features; a task may cache other parts)."""
 
     @abstractmethod
     def load_data(self, config: FinetuneConfig) -> TrainVal:
@@ -166,9 +178,9 @@ class Task(ABC):
         train_set: Dataset,
         val_set: Dataset,
         **kwargs: Any,
-    ) -> JobCaches:
-        """The run's feature caches (the locked prefix's; a task may cache other parts)."""
-        return JobCaches(options, unfreezer, train_set, val_set, **kwargs)
+    ) -> BaseCaches:
+        """The run's caches, of :attr:`cache_type` (keyword arguments: its own)."""
+        return self.cache_type(options, unfreezer, train_set, val_set, **kwargs)
 
     def forward(self, net: nn.Module, inputs: Any, targets: Any) -> BatchStats:
         """Run ``net`` on a training batch and score it (the recipe calls it under autocast)."""
@@ -194,7 +206,7 @@ class Task(ABC):
     def train_columns(self, loss_sum: float, counts: Mapping[str, float]) -> dict[str, Any]:
         """Columns of an epoch row from the epoch's summed loss and counts."""
 
-    @abstractmethod
+    @torch.no_grad()
     def evaluate(
         self,
         model: nn.Module,
@@ -203,14 +215,27 @@ class Task(ABC):
         dtype: torch.dtype | None,
         kind: str = "main",
     ) -> dict[str, Any]:
-        """Evaluation metrics over ``batches`` (all ranks' shares combined).
+        """Evaluation metrics over ``batches`` (all ranks' shares combined), in eval mode.
 
         ``kind`` is ``main`` for the validation split, else the :class:`EvalSet`'s kind.
+        The model's training mode is restored afterwards.
 
         Returns:
             Epoch-row columns (``None`` values are left out of the row) plus, under keys
             starting with ``_``, details kept beside the row (e.g. ``_per_class``).
         """
+        was = model.training
+        model.eval()
+        try:
+            return self.metrics(model, batches, Placement(device, dtype), kind)
+        finally:
+            model.train(was)
+
+    @abstractmethod
+    def metrics(
+        self, model: nn.Module, batches: Batches, on: Placement, kind: str
+    ) -> dict[str, Any]:
+        """What :meth:`evaluate` returns, with ``model`` already in eval mode and no grad."""
 
     @abstractmethod
     def fill_result(self, result: RunResult, tracker: EpochTracker) -> None:
@@ -309,18 +334,11 @@ class ClassificationTask(Task):
             return {"train_loss": None, "train_acc": None}
         return {"train_loss": loss_sum / seen, "train_acc": counts["right"] / seen}
 
-    @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        batches: Batches,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        kind: str = "main",
+    def metrics(
+        self, model: nn.Module, batches: Batches, on: Placement, kind: str
     ) -> dict[str, Any]:
+        device, dtype = on
         n = len(self.classes)
-        was = model.training
-        model.eval()
         loss_sum = correct1 = correct5 = total = 0.0
         right = torch.zeros(n, dtype=torch.float64)
         count = torch.zeros(n, dtype=torch.float64)
@@ -338,7 +356,6 @@ class ClassificationTask(Task):
             yc = y.cpu()
             right.index_add_(0, yc, hit)
             count.index_add_(0, yc, torch.ones_like(hit))
-        model.train(was)
         sums = all_sum(
             [loss_sum, correct1, correct5, total, *right.tolist(), *count.tolist()], device
         )
