@@ -235,6 +235,7 @@ class FinetuneRecipe:
         run = self.config.run
         options = loader_options(self.device, self.workers)
         self.extra_sets: dict[str, tuple[str, DataLoader]] = {}
+        self.kept_sets: dict[str, list[Any]] = {}
         for name, es in self.task.eval_sets(self.config, self.transforms).items():
             share = torch.utils.data.Subset(
                 es.dataset, list(range(self.rank, dataset_len(es.dataset), self.world))
@@ -495,8 +496,9 @@ class FinetuneRecipe:
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.unfreezer.global_step}
         row.update(self.task.train_columns(tracker.loss_sum, tracker.counts))
         row.update({k: v for k, v in ev.items() if not k.startswith("_") and v is not None})
-        for name, (kind, loader) in self.extra_sets.items():
-            extra = self.task.evaluate(self.model, loader, self.device, self.dtype, kind)
+        for name, (set_kind, loader) in self.extra_sets.items():
+            batches = self._kept_set(name, loader)
+            extra = self.task.evaluate(self.model, batches, self.device, self.dtype, set_kind)
             row.update(
                 {f"{name}/{k}": v for k, v in extra.items() if v is not None and k[0] != "_"}
             )
@@ -510,6 +512,25 @@ class FinetuneRecipe:
         self.logger.log_epoch(row)
         tracker.finish_epoch(row, {k: v for k, v in ev.items() if k.startswith("_")})
         return row
+
+    def _kept_set(self, name: str, loader: DataLoader) -> Any:
+        """An extra set's preprocessed batches, kept in memory after its first evaluation.
+
+        The evaluation transform is deterministic, so its output is stored once (when the
+        cache is on and the set fits in ``cache.budget_mb``) and reused every epoch.
+        """
+        if name in self.kept_sets:
+            return self.kept_sets[name]
+        if self.config.cache.mode == "off" or self.world > 1:
+            return loader
+        x, _ = loader.dataset[0]
+        x = torch.as_tensor(x)
+        need = x.numel() * x.element_size() * dataset_len(loader.dataset)
+        held = sum(t.numel() * t.element_size() for b in self.kept_sets.values() for t in b[0])
+        if held + need > self.config.cache.budget_mb * 2**20:
+            return loader
+        self.kept_sets[name] = list(loader)
+        return self.kept_sets[name]
 
     def _evaluate_batches(self, model: nn.Module, batches: Any) -> dict[str, Any]:
         return self.task.evaluate(model, batches, self.device, self.dtype)
