@@ -103,3 +103,17 @@ def test_demo_shift_set_needs_the_demo_classes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"demo-noisy holds the demo digits 5, 6, 7, 8, 9"):
         finetune(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_extra_sets_do_not_hide_the_cached_evaluation(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data")
+    other = f"other=folder:{tmp_path / 'data' / 'val'}"
+    plain = finetune(tiny_config(tmp_path, epochs=3, schedule="lp", out_dir=str(tmp_path / "a")))
+    extra = finetune(
+        tiny_config(
+            tmp_path, epochs=3, schedule="lp", out_dir=str(tmp_path / "b"), **{"eval.sets": other}
+        )
+    )
+    assert [r["eval_cached"] for r in extra.epochs] == [r["eval_cached"] for r in plain.epochs]
+    assert any(r["eval_cached"] for r in plain.epochs)
+    assert all(0.0 <= r["other/val_acc"] <= 1.0 for r in extra.epochs)
