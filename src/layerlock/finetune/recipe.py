@@ -235,7 +235,7 @@ class FinetuneRecipe:
         run = self.config.run
         options = loader_options(self.device, self.workers)
         self.extra_sets: dict[str, tuple[str, DataLoader]] = {}
-        self.kept_sets: dict[str, list[Any]] = {}
+        self.kept_sets: dict[str, _KeptBatches] = {}
         for name, es in self.task.eval_sets(self.config, self.transforms).items():
             share = torch.utils.data.Subset(
                 es.dataset, list(range(self.rank, dataset_len(es.dataset), self.world))
@@ -529,7 +529,7 @@ class FinetuneRecipe:
         held = sum(t.numel() * t.element_size() for b in self.kept_sets.values() for t in b[0])
         if held + need > self.config.cache.budget_mb * 2**20:
             return loader
-        self.kept_sets[name] = list(loader)
+        self.kept_sets[name] = _KeptBatches(loader)
         return self.kept_sets[name]
 
     def _evaluate_batches(self, model: nn.Module, batches: Any) -> dict[str, Any]:
@@ -663,6 +663,14 @@ class FinetuneRecipe:
             if key not in out or pg["lr"] > out[key]:
                 out[key] = float(pg["lr"])
         return out
+
+
+class _KeptBatches(list):  # type: ignore[type-arg]
+    """A loader's batches, kept; ``dataset`` still leads to the data (classes, templates)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        super().__init__(loader)
+        self.dataset = loader.dataset
 
 
 def _trainable(model: nn.Module) -> int:
