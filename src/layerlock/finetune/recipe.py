@@ -41,6 +41,7 @@ from ..schedule import UnlockEvent
 from ..unfreezer import Unfreezer
 from .caching import CACHE_LOG_FILE
 from .control import Progress, StopFlag
+from .extra_sets import ExtraSets
 from .ownership import DATA_FILE, check_same_data, claim_run_dir, data_record
 from .reproducible import EpochOrder, SeededSamples, rng_state, seed_everything, set_rng_state
 from .retention import START_FILE, Retention
@@ -152,7 +153,7 @@ class FinetuneRecipe:
 
     def evaluation_loaders(self) -> dict[str, tuple[str, DataLoader]]:
         """``{"val": ("main", loader), name: (kind, loader) ...}``: every evaluation set."""
-        return {"val": ("main", self.val_loader), **self.extra_sets}
+        return {"val": ("main", self.val_loader), **self.extra_sets.loaders}
 
     def _load_checkpoint(self) -> None:
         """With ``run.resume``: check the saved config and read the checkpoint."""
@@ -232,19 +233,19 @@ class FinetuneRecipe:
 
     def _setup_eval_sets(self) -> None:
         """Loaders of ``eval.sets`` (each rank evaluates its share, like the validation split)."""
-        run = self.config.run
-        options = loader_options(self.device, self.workers)
-        self.extra_sets: dict[str, tuple[str, DataLoader]] = {}
-        self.kept_sets: dict[str, _KeptBatches] = {}
-        for name, es in self.task.eval_sets(self.config, self.transforms).items():
-            share = torch.utils.data.Subset(
-                es.dataset, list(range(self.rank, dataset_len(es.dataset), self.world))
-            )
-            loader = DataLoader(share, batch_size=run.batch_size, shuffle=False, **options)
-            self.extra_sets[name] = (es.kind, loader)
+        cache = self.config.cache
+        self.extra_sets = ExtraSets.build(
+            self.task.eval_sets(self.config, self.transforms),
+            batch_size=self.config.run.batch_size,
+            rank=self.rank,
+            world=self.world,
+            loader_options=loader_options(self.device, self.workers),
+            cache_off=cache.mode == "off",
+            budget_bytes=cache.budget_mb * 2**20,
+        )
         guarded = self.config.retain.set
-        if guarded is not None and guarded != "val" and guarded not in self.extra_sets:
-            known = ", ".join(["val", *self.extra_sets])
+        if guarded is not None and guarded != "val" and guarded not in self.extra_sets.names:
+            known = ", ".join(["val", *self.extra_sets.names])
             raise ConfigError(f"retain.set: {guarded!r} is not an evaluation set; sets: {known}")
         at_start = self.config.eval.at_start
         if at_start == "auto":
@@ -496,12 +497,13 @@ class FinetuneRecipe:
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.unfreezer.global_step}
         row.update(self.task.train_columns(tracker.loss_sum, tracker.counts))
         row.update({k: v for k, v in ev.items() if not k.startswith("_") and v is not None})
-        for name, (set_kind, loader) in self.extra_sets.items():
-            batches = self._kept_set(name, loader)
-            extra = self.task.evaluate(self.model, batches, self.device, self.dtype, set_kind)
-            row.update(
-                {f"{name}/{k}": v for k, v in extra.items() if v is not None and k[0] != "_"}
+        row.update(
+            self.extra_sets.columns(
+                lambda batches, set_kind: self.task.evaluate(
+                    self.model, batches, self.device, self.dtype, set_kind
+                )
             )
+        )
         row["elapsed_s"] = self._elapsed()
         # the LRs and trainable set the epoch's last step trained with
         row.update(tracker.last_lrs or self._lrs())
@@ -512,25 +514,6 @@ class FinetuneRecipe:
         self.logger.log_epoch(row)
         tracker.finish_epoch(row, {k: v for k, v in ev.items() if k.startswith("_")})
         return row
-
-    def _kept_set(self, name: str, loader: DataLoader) -> Any:
-        """An extra set's preprocessed batches, kept in memory after its first evaluation.
-
-        The evaluation transform is deterministic, so its output is stored once (when the
-        cache is on and the set fits in ``cache.budget_mb``) and reused every epoch.
-        """
-        if name in self.kept_sets:
-            return self.kept_sets[name]
-        if self.config.cache.mode == "off" or self.world > 1:
-            return loader
-        x, _ = loader.dataset[0]
-        x = torch.as_tensor(x)
-        need = x.numel() * x.element_size() * dataset_len(loader.dataset)
-        held = sum(t.numel() * t.element_size() for b in self.kept_sets.values() for t in b[0])
-        if held + need > self.config.cache.budget_mb * 2**20:
-            return loader
-        self.kept_sets[name] = _KeptBatches(loader)
-        return self.kept_sets[name]
 
     def _evaluate_batches(self, model: nn.Module, batches: Any) -> dict[str, Any]:
         return self.task.evaluate(model, batches, self.device, self.dtype)
@@ -663,14 +646,6 @@ class FinetuneRecipe:
             if key not in out or pg["lr"] > out[key]:
                 out[key] = float(pg["lr"])
         return out
-
-
-class _KeptBatches(list):  # type: ignore[type-arg]
-    """A loader's batches, kept; ``dataset`` still leads to the data (classes, templates)."""
-
-    def __init__(self, loader: DataLoader) -> None:
-        super().__init__(loader)
-        self.dataset = loader.dataset
 
 
 def _trainable(model: nn.Module) -> int:
