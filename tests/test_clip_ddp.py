@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawn_for_results
 from layerlock.distributed import free_port
 from layerlock.finetune.contrastive import clip_outputs, contrastive_loss
 
@@ -54,7 +54,8 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_global_negatives_equal_the_concatenated_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [tmp_path / f"rank{r}.pt" for r in range(2)]
+    spawn_for_results(_worker, (free_port(), str(tmp_path)), results)
     model = _clip()
     x, t = _batch()
     img, txt, scale, _ = clip_outputs(model(x, t))

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import spawn_for_results
 from layerlock.distributed import all_equal_across_ranks, free_port, is_distributed, wrap_ddp
 from layerlock.unfreezer import Unfreezer
 
@@ -75,7 +75,8 @@ def _worker(rank: int, world: int, port: int, mode: str, out: str) -> None:
 
 
 def _spawn(mode: str, tmp_path: Path) -> list[dict[str, Any]]:
-    mp.spawn(_worker, args=(2, free_port(), mode, str(tmp_path)), nprocs=2, join=True)
+    results = [tmp_path / f"{r}.pt" for r in range(2)]
+    spawn_for_results(_worker, (2, free_port(), mode, str(tmp_path)), results)
     return [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
 
 
