@@ -193,3 +193,12 @@ def spawn_for_results(
         if not all(p.exists() for p in results):
             raise
         print(f"ignored a crash in process teardown after the results were written: {exc}")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (the demo's numbers are checked with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

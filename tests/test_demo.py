@@ -17,12 +17,7 @@ from layerlock.errors import LayerlockError
 pytest.importorskip("mlxtend")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_assets_are_small_and_describe_the_pretraining():

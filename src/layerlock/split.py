@@ -44,7 +44,7 @@ from torch import nn
 
 from .groups import LayerGroups, unwrap
 
-__all__ = ["Split", "Step", "split_model", "split_reason"]
+__all__ = ["Split", "Step", "SuffixModule", "split_model", "split_reason"]
 
 Context = dict[str, Any]
 StepFn = Callable[[torch.Tensor, Context], torch.Tensor]
@@ -153,6 +153,31 @@ class Split:
 
 
 # -- public entry points ---------------------------------------------------------------
+
+
+class SuffixModule(nn.Module):
+    """A :class:`Split`'s suffix as a module: ``forward(features)`` calls ``split.suffix``.
+
+    It holds the whole model, so ``train()`` / ``eval()`` and DDP wrapping reach the
+    suffix's layers.
+
+    Example:
+        >>> import timm, torch
+        >>> from layerlock import layer_groups
+        >>> model = timm.create_model("test_vit", num_classes=2)
+        >>> split = split_model(model, layer_groups(model), boundary=7)
+        >>> SuffixModule(split)(torch.randn(1, 64)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(self, split: Split) -> None:
+        super().__init__()
+        self.body = split.model
+        self.split = split
+        self.training = split.model.training
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.split.suffix(features)
 
 
 def split_model(model: nn.Module, groups: LayerGroups, boundary: int) -> Split | None:

@@ -36,6 +36,7 @@ from .config import load_config
 from .errors import ConfigError, LayerlockError
 from .finetune.retention import START_FILE
 from .runs import CONFIG_FILE, MODEL_FILE, atomic_write, load_weights, save_weights
+from .split import SuffixModule
 
 __all__ = ["WiseResult", "interpolate", "parse_alphas", "wise"]
 
@@ -185,7 +186,7 @@ def wise(
     for alpha in values:
         model.load_state_dict(interpolate(start, end, alpha))
         row: dict[str, Any] = {"alpha": alpha}
-        net = model if prefix is None else _Suffix(prefix)
+        net = model if prefix is None else SuffixModule(prefix)
         for name, (kind, batches) in loaders.items():
             metrics = recipe.task.evaluate(net, batches, recipe.device, recipe.dtype, kind)
             key = "" if name == "val" else f"{name}/"
@@ -212,15 +213,6 @@ def _start_epoch(run: Path) -> int:
     with safe_open(str(run / START_FILE), framework="pt") as f:
         meta = f.metadata() or {}
     return int(json.loads(meta.get("epoch", "0")))
-
-
-class _Suffix(nn.Module):
-    def __init__(self, split: Any) -> None:
-        super().__init__()
-        self.body, self.split = split.model, split
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.split.suffix(features)
 
 
 def _shared_prefix(

@@ -14,12 +14,7 @@ from layerlock.errors import LayerlockError, MissingDependencyError
 pytest.importorskip("mlxtend")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_task_split_is_disjoint_balanced_and_seeded():

@@ -237,9 +237,7 @@ def run(args: argparse.Namespace) -> int:
         # each tower by its own schedule, as task=clip trains them
         towers = pair_schedules(args.schedule, args.visual, args.text)
         plans = tower_plans(groups, towers, args.epochs, args.steps_per_epoch)
-        plan = combined_schedule(groups, plans).resolve(
-            groups, args.epochs, args.steps_per_epoch
-        )
+        plan = combined_schedule(groups, plans).resolve(groups, args.epochs, args.steps_per_epoch)
         shown = f"image tower {towers['visual']!r}, text tower {towers['text']!r}"
     else:
         plan = resolve_schedule(

@@ -53,7 +53,7 @@ from ..data import dataset_len
 from ..data.identity import dataset_digest
 from ..devices import autocast
 from ..lock import frozen_bn_modules
-from ..split import Split, split_model, split_reason
+from ..split import Split, SuffixModule, split_model, split_reason
 from .cache_base import BaseCaches, Evaluate
 from .reproducible import EpochOrder, SeededSamples, rng_state, set_rng_state
 
@@ -119,19 +119,6 @@ class _StoredBatches(Dataset):
     def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(index, dtype=torch.long)
         return self.x[idx], self.y[idx]
-
-
-class _Suffix(nn.Module):
-    """Calls ``split.suffix``; holds the model so that ``train()`` / ``eval()`` reach it."""
-
-    def __init__(self, split: Split) -> None:
-        super().__init__()
-        self.body = split.model
-        self.split = split
-        self.training = split.model.training
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.split.suffix(features)
 
 
 @dataclass
@@ -426,12 +413,12 @@ class JobCaches(BaseCaches):
         stage = self.stage
         assert stage is not None and stage.split is not None
         if self.world == 1:
-            return _Suffix(stage.split)
+            return SuffixModule(stage.split)
         if stage.ddp is None:
             kwargs: dict[str, Any] = {}
             if self.device.type == "cuda":
                 kwargs["device_ids"] = [self.device.index]
-            stage.ddp = distributed.wrap_ddp(_Suffix(stage.split), **kwargs)
+            stage.ddp = distributed.wrap_ddp(SuffixModule(stage.split), **kwargs)
         return stage.ddp
 
     def evaluate(self, epoch: int, evaluate: Evaluate) -> tuple[dict[str, Any] | None, str]:
@@ -456,7 +443,7 @@ class JobCaches(BaseCaches):
             return None, ""  # groups of the prefix were unlocked and trained during the epoch
         # a DataLoader, like the image loader, so that both draw the same random numbers
         loader = self._batches(_FeatureBatches(stage.val))
-        return evaluate(_Suffix(stage.split), loader), "features"
+        return evaluate(SuffixModule(stage.split), loader), "features"
 
     def _batches(self, data: Dataset) -> DataLoader:
         sampler = BatchSampler(
