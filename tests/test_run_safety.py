@@ -153,3 +153,25 @@ def test_crash_between_epoch_row_and_checkpoint_leaves_no_duplicate_row(
     monkeypatch.undo()
     finished = finetune(resume)
     assert [r["epoch"] for r in finished.epochs] == [1, 2]
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_parent(tmp_path: Path) -> None:
+    code = (
+        "import os, signal, sys, time\n"
+        "from layerlock.run_lock import RunLock\n"
+        f"lock = RunLock({str(tmp_path)!r}).acquire()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.wait(timeout=60)
+    try:
+        RunLock(tmp_path).acquire().release()  # the child (a loader worker) still lives
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import weakref
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +38,24 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+#: Locks this process holds. A forked child (a DataLoader worker) shares the lock's open
+#: file and would keep it held after its parent died (``kill -9``), until it noticed and
+#: exited itself; children therefore drop their copy of every lock file at fork.
+_HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()
+
+
+def _drop_in_child() -> None:
+    for lock in list(_HELD):
+        if lock._file is not None:
+            lock._file.close()  # the child's descriptor only: the parent keeps its own
+            lock._file = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class RunDirBusyError(LayerlockError):
@@ -78,6 +97,7 @@ class RunLock:
             f.close()
             raise
         self._file = f
+        _HELD.add(self)
         return self
 
     def _acquire_by_pid(self) -> None:  # pragma: no cover - Windows
@@ -98,6 +118,7 @@ class RunLock:
 
     def release(self) -> None:
         """Give the lock up (the lock file stays; it is harmless without a holder)."""
+        _HELD.discard(self)
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
